@@ -1,0 +1,36 @@
+#!/bin/bash
+# Set up a fresh Debian 12 / Ubuntu host for virt-aa: the system packages it
+# drives (apparmor_parser, libvirt and its real virt-aa-helper as the oracle,
+# qemu-img), then a virtualenv from the system Python that sees the
+# Debian-only bindings (python3-libvirt, python3-apparmor), with virt-aa in it.
+# Idempotent: packages already installed are not fetched again.  Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(apparmor apparmor-utils libvirt-daemon-system libvirt-clients qemu-utils
+      python3-venv python3-libvirt python3-apparmor python3-libapparmor)
+
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+        || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: missing packages ${missing[*]}; run as root" >&2
+        exit 1
+    fi
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # no recommends: they would add OVMF firmware, which changes what the
+    # real helper resolves (the corpus was recorded without it)
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import libvirt' 2>/dev/null; then
+    rm -rf .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+echo "setup: ready (.venv/bin/virt-aa, .venv/bin/virt-aa-helper)"

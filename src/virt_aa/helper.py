@@ -1,0 +1,402 @@
+"""``virt-aa-helper``: a drop-in, safer replacement for libvirt's helper.
+
+Same command line (including getopt's quirks that libvirt relies on), same
+files, dry-run output, messages and exit codes as libvirt 9.0's helper; see
+``research/libvirt-apparmor.md`` §1.  It runs at every VM start, so it
+imports only what the chosen mode needs: no argparse, no re, no subprocess
+in a dry run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = """
+{prog} mode [options] [extra file] [< def.xml]
+
+  Modes:
+    -a | --add                     load profile
+    -c | --create                  create profile from template
+    -D | --delete                  unload profile and delete generated rules
+    -r | --replace                 reload profile
+    -R | --remove                  unload profile
+  Options:
+    -d | --dryrun                  dry run
+    -u | --uuid <uuid>             uuid (profile name)
+    -h | --help                    this help
+    --root <dir>                   prefix for every host path written (virt-aa;
+                                   also $VIRT_AA_ROOT)
+  Extra File:
+    -f | --add-file <file>         add file to a profile generated from XML
+    -F | --append-file <file>      append file to an existing profile
+
+This command is intended to be used by libvirtd and not used directly.
+"""
+MAX_XML = 10 * 1024 * 1024
+PROFILE_PREFIX = "libvirt-"
+# (long name, short letter, takes an argument) - as stock declares them:
+# --add-file/--append-file take no argument there, so their value is lost.
+LONG_OPTS = (
+    ("add", "a", False), ("create", "c", False), ("dryrun", "d", False),
+    ("delete", "D", False), ("add-file", "f", False), ("append-file", "F", False),
+    ("help", "h", False), ("replace", "r", False), ("remove", "R", False),
+    ("uuid", "u", True), ("root", "root", True),
+)
+SHORT_WITH_ARG = frozenset("HbupfF")
+SHORT_OPTS = frozenset("acdDhrRHbupfF")
+
+
+class Fail(Exception):
+    """Exit 1 after printing these (level, message) lines."""
+
+    def __init__(self, *lines: tuple[str, str]) -> None:
+        super().__init__(lines)
+        self.lines = lines
+
+
+class Options:
+    def __init__(self) -> None:
+        self.cmd = ""
+        self.dryrun = False
+        self.uuid = ""
+        self.newfile: str | None = None
+        self.append = False
+        self.help = False
+        self.root = os.environ.get("VIRT_AA_ROOT") or "/"
+
+
+def _apply(opts: Options, letter: str, arg: str | None) -> None:
+    if letter in "acDrR":
+        opts.cmd = letter
+    elif letter == "d":
+        opts.dryrun = True
+    elif letter in "fF":
+        opts.newfile = arg
+        opts.append = letter == "F"
+    elif letter == "h":
+        opts.help = True
+    elif letter == "u":
+        if arg is None or len(arg) > 44:
+            raise Fail(("error", "invalid UUID"))
+        opts.uuid = arg
+    elif letter == "root":
+        opts.root = arg or "/"
+    else:
+        raise Fail(("error", "unsupported option"))
+
+
+def parse_argv(argv: list[str], prog: str) -> Options:
+    """GNU getopt_long semantics for stock's option table (permuting, abbreviations)."""
+    opts = Options()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            break
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            matches = [o for o in LONG_OPTS if o[0] == name] or \
+                [o for o in LONG_OPTS if o[0].startswith(name)]
+            if len(matches) != 1:
+                what = "ambiguous" if matches else "unrecognized"
+                print(f"{prog}: {what} option '{arg}'", file=sys.stderr)
+                raise Fail(("error", "unsupported option"))
+            long_name, letter, has_arg = matches[0]
+            if has_arg and not eq:
+                if i >= len(argv):
+                    print(f"{prog}: option '--{long_name}' requires an argument",
+                          file=sys.stderr)
+                    raise Fail(("error", "unsupported option"))
+                value = argv[i]
+                i += 1
+            elif eq and not has_arg:
+                print(f"{prog}: option '--{long_name}' doesn't allow an argument",
+                      file=sys.stderr)
+                raise Fail(("error", "unsupported option"))
+            _apply(opts, letter, value if has_arg else None)
+            if opts.help:
+                return opts
+            continue
+        if not arg.startswith("-") or arg == "-":
+            continue  # getopt permutes non-options to the end; stock ignores them
+        j = 1
+        while j < len(arg):
+            letter = arg[j]
+            j += 1
+            if letter not in SHORT_OPTS:
+                print(f"{prog}: invalid option -- '{letter}'", file=sys.stderr)
+                raise Fail(("error", "unsupported option"))
+            value = None
+            if letter in SHORT_WITH_ARG:
+                if j < len(arg):
+                    value = arg[j:]
+                elif i < len(argv):
+                    value = argv[i]
+                    i += 1
+                else:
+                    print(f"{prog}: option requires an argument -- '{letter}'",
+                          file=sys.stderr)
+                    raise Fail(("error", "unsupported option"))
+                j = len(arg)
+            _apply(opts, letter, value)
+            if opts.help:
+                return opts
+    return opts
+
+
+def valid_profile_name(name: str) -> bool:
+    """``libvirt-`` + a UUID in canonical 8-4-4-4-12 form (any case)."""
+    if len(name) != 44 or not name.startswith(PROFILE_PREFIX):
+        return False
+    uuid = name[len(PROFILE_PREFIX):]
+    for pos, ch in enumerate(uuid):
+        if pos in (8, 13, 18, 23):
+            if ch != "-":
+                return False
+        elif ch not in "0123456789abcdefABCDEF":
+            return False
+    return True
+
+
+class Output:
+    """stderr writer that keeps raw bytes (names cut mid-character) intact."""
+
+    def __init__(self, prog: str) -> None:
+        self.prog = prog
+        self.buf: list[str] = []
+
+    def line(self, level: str, msg: str) -> None:
+        self.buf.append(f"{self.prog}: {level}: {msg}\n")
+
+    def info(self, text: str) -> None:
+        self.buf.append(f"{self.prog}:\n{text}\n")
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        data = "".join(self.buf).encode("utf-8", "surrogateescape")
+        self.buf.clear()
+        try:
+            sys.stderr.flush()
+            os.write(2, data)
+        except OSError:
+            pass
+
+
+def _read_stdin() -> bytes:
+    chunks = []
+    total = 0
+    while True:
+        try:
+            chunk = os.read(0, 1 << 20)
+        except OSError as exc:
+            raise Fail(("error", f"could not read xml file: {exc.strerror}")) from None
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > MAX_XML:
+            raise Fail(("error", "could not read xml file: larger than 10 MiB"))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _paths(opts: Options) -> tuple[str, str]:
+    base = os.path.join(opts.root, "etc/apparmor.d/libvirt")
+    profile = os.path.join(base, opts.uuid)
+    return profile, profile + ".files"
+
+
+def _generate(opts: Options, out: Output) -> tuple[object, str]:
+    """Parse the XML on stdin and compute the .files body (stock's get_files)."""
+    from .accesses import GenerationError, extra_file_rules, fixed_rules, generate
+    from .domain import DomainError, parse_domain, valid_name
+    from .hostfacts import SystemHost
+    from .profile import render_rules
+
+    data = _read_stdin()
+    try:
+        dom = parse_domain(data)
+    except DomainError as exc:
+        raise Fail(*exc.lines) from None
+    if not valid_name(dom.name):
+        raise Fail(("error", "bad name"), ("error", "could not get VM definition"))
+    if dom.profile_name != opts.uuid:
+        raise Fail(("error", "given uuid does not match XML uuid"),
+                   ("error", "invalid VM definition"))
+    host = SystemHost()
+    try:
+        gen = generate(dom, host, None if opts.append else opts.newfile)
+        if opts.append and opts.newfile is not None:
+            extra = extra_file_rules(host, opts.newfile)
+            gen.warnings.extend(extra.warnings)
+            rules = extra.rules
+        else:
+            rules = (fixed_rules(dom) if dom.is_qemu else []) + gen.rules
+    except GenerationError as exc:
+        for w in getattr(exc, "warnings", ()):
+            out.line("warning", w)
+        raise Fail(*(("error", m) for m in exc.lines),
+                   ("error", "invalid VM definition")) from None
+    for w in gen.warnings:
+        out.line("warning", w)
+    return dom, render_rules(rules)
+
+
+def _parser(action: str, profile: str, opts: Options, out: Output, prog: str) -> bool:
+    from . import apparmor
+
+    out.flush()
+    res = apparmor.run(action, profile, opts.root, prog)
+    if res.ok:
+        if res.message:
+            out.line("warning", res.message)
+        return True
+    if res.message and res.message != "apparmor_parser exited with error":
+        out.line("error", res.message)
+    out.line("error", "apparmor_parser exited with error")
+    return False
+
+
+def _create_or_replace(opts: Options, out: Output, prog: str) -> int:
+    from .fsutil import read_text, unlink_quiet, write_atomic
+
+    dom, body = _generate(opts, out)
+    profile, files = _paths(opts)
+    exists = os.path.exists(profile)
+    if opts.cmd == "c" and exists:
+        raise Fail(("error", "profile exists"))
+    purged = False
+    if exists and not opts.dryrun and os.path.getsize(profile) == 0:
+        out.line("warning", "Profile of 0 size detected, will attempt to remove it")
+        if not _parser("-R", profile, opts, out, prog):
+            raise Fail(("error", "could not remove profile"))
+        unlink_quiet(profile)
+        purged = True
+    virt_type = getattr(dom, "virt_type", "")
+    if opts.dryrun:
+        out.info(files)
+        out.info(body)
+    elif virt_type != "lxc":
+        old = read_text(files) if opts.append else None
+        from .profile import files_content
+
+        content = files_content(body, old).encode("utf-8", "surrogateescape")
+        current = read_text(files)
+        if current is None or current.encode("utf-8", "surrogateescape") != content:
+            try:
+                write_atomic(files, content)
+            except OSError as exc:
+                raise Fail(("error", f"failed to create include file {files}: "
+                                     f"{exc.strerror or exc}")) from None
+    if opts.cmd == "c" or purged:
+        if not _write_profile(opts, out, dom, profile, files, prog):
+            return 1
+    if opts.dryrun:
+        return 0
+    if opts.cmd == "r" and not purged and not os.path.exists(profile):
+        unlink_quiet(files)
+        raise Fail(("error", "profile does not exist"))
+    if not _parser("-a" if opts.cmd == "c" else "-r", profile, opts, out, prog):
+        unlink_quiet(files)
+        if opts.cmd == "c":
+            unlink_quiet(profile)
+        return 1
+    return 0
+
+
+def _write_profile(opts: Options, out: Output, dom: object, profile: str, files: str,
+                   prog: str) -> bool:
+    """Create P from TEMPLATE.<type> (stock's create_profile)."""
+    from .fsutil import read_text, unlink_quiet, write_atomic
+    from .profile import TemplateError, create_profile, include_lines
+
+    virt_type = getattr(dom, "virt_type", "")
+    if_exists = not opts.dryrun and _supports_if_exists()
+    includes = include_lines(opts.uuid, virt_type, if_exists)
+    if opts.dryrun:
+        out.info(profile)
+        out.info(opts.uuid)
+        out.info(includes or f"  #include <libvirt/{opts.uuid}.files>\n")
+        return True
+    tname = "qemu" if virt_type in ("qemu", "kqemu", "kvm") else virt_type
+    template_path = os.path.join(os.path.dirname(profile), f"TEMPLATE.{tname}")
+    try:
+        template = read_text(template_path)
+        if template is None:
+            raise TemplateError("template does not exist")
+        text = create_profile(template, opts.uuid, includes)
+        write_atomic(profile, text.encode("utf-8", "surrogateescape"))
+    except (TemplateError, OSError) as exc:
+        out.line("error", str(exc) if isinstance(exc, TemplateError)
+                 else f"{template_path}: {exc.strerror or exc}")
+        out.line("error", "could not create profile")
+        unlink_quiet(files)
+        return False
+    return True
+
+
+def _supports_if_exists() -> bool:
+    """AppArmor >= 3 understands ``include if exists``; 2.x needs plain includes."""
+    from .apparmor import parser_version
+
+    version = parser_version()
+    return version is None or version >= (3,)
+
+
+def _simple(opts: Options, out: Output, prog: str) -> int:
+    """-a, -R, -D: run the parser (these ignore -d, as stock does)."""
+    from .fsutil import unlink_quiet
+
+    profile, files = _paths(opts)
+    if opts.cmd == "a":
+        if not os.path.exists(profile):
+            raise Fail(("error", "profile does not exist"))
+        return 0 if _parser("-a", profile, opts, out, prog) else 1
+    ok = True
+    if os.path.exists(profile):
+        ok = _parser("-R", profile, opts, out, prog)
+    else:
+        out.line("error", "profile does not exist")
+        ok = False
+    if opts.cmd == "D":
+        unlink_quiet(files)
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+        prog = os.path.basename(sys.argv[0]) or "virt-aa-helper"
+    else:
+        prog = "virt-aa-helper"
+    out = Output(prog)
+    try:
+        opts = parse_argv(argv, prog)
+        if opts.help:
+            sys.stdout.write(USAGE.format(prog=prog) + "\n")
+            return 0
+        if opts.cmd not in ("", "a", "c", "D", "r", "R"):
+            raise Fail(("error", "bad command"))
+        if not valid_profile_name(opts.uuid):
+            raise Fail(("error", "invalid UUID"))
+        if not opts.cmd:
+            sys.stdout.write(USAGE.format(prog=prog) + "\n")
+            return 1
+        if opts.cmd in ("c", "r"):
+            return _create_or_replace(opts, out, prog)
+        return _simple(opts, out, prog)
+    except Fail as exc:
+        for level, msg in exc.lines:
+            out.line(level, msg)
+        return 1
+    except KeyboardInterrupt:
+        out.line("error", "interrupted")
+        return 1
+    finally:
+        out.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
