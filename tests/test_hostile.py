@@ -223,7 +223,6 @@ def test_bad_domain_names_refused(name: str, sandbox: Path) -> None:
 
 
 def test_name_with_at_and_backslash_is_escaped_in_fixed_rules() -> None:
-    name = "vm@x\\y"
     proc = run_helper(DRY, domain_xml(name="vm@x\\y"))
     assert proc.returncode == 0
     rules = rules_of(proc.stderr)

@@ -66,7 +66,7 @@ def test_replace_without_profile_fails_and_cleans_up(sandbox: Path) -> None:
 
 
 def test_zero_size_profile_is_recreated(sandbox: Path) -> None:
-    p, f = paths(sandbox)
+    p, _ = paths(sandbox)
     p.write_bytes(b"")
     proc = run_helper(["-r", "-u", PROFILE], domain_xml(), root=str(sandbox))
     assert proc.returncode == 0, proc.stderr

@@ -10,11 +10,11 @@ component-wise restricted checks, backing-chain loops and depth).
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~8 ms
-
 from . import images
 from .domain import SMARTCARD_DEFAULT_DB
 from .paths import canonical, escape, has_control, restricted
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~8 ms
 
 if TYPE_CHECKING:
     from typing import Protocol

@@ -1,10 +1,11 @@
-"""Domain XML -> a frozen model of what AppArmor rules depend on.
+"""Domain XML -> a model of what AppArmor rules depend on.
 
 Only the parts of libvirt's domain schema that change the generated rules
-are modelled, as plain slotted classes: ``dataclasses`` and ``typing`` cost
-~10 ms each to import, and this runs at every VM start.  Where libvirt 9.0's own parser would refuse a document that
-matters here (unknown enum values, a second serial console, ...) we refuse
-it too, so the helper fails exactly where the stock one does.
+are modelled, as plain slotted classes: ``dataclasses`` and ``typing``
+cost ~10 ms each to import, and this runs at every VM start.  Where libvirt
+9.0's own parser would refuse a document that matters here (unknown enum
+values, a second serial console, ...) we refuse it too, so the helper fails
+exactly where the stock one does.
 """
 
 from __future__ import annotations
@@ -280,10 +281,46 @@ def valid_name(name: str) -> bool:
     """Stock's forbidden characters, plus control characters (our addition)."""
     if not name:
         return False
-    for ch in name:
-        if ch in _BAD_NAME_CHARS or ord(ch) < 0x20 or ch == "\x7f":
-            return False
-    return True
+    return not any(ch in _BAD_NAME_CHARS or ord(ch) < 0x20 or ch == "\x7f" for ch in name)
+
+
+_SCALES = {"b": 1, "bytes": 1, "kb": 10**3, "k": 2**10, "kib": 2**10, "mb": 10**6,
+           "m": 2**20, "mib": 2**20, "gb": 10**9, "g": 2**30, "gib": 2**30, "tb": 10**12,
+           "t": 2**40, "tib": 2**40, "pb": 10**15, "p": 2**50, "pib": 2**50, "eb": 10**18,
+           "e": 2**60, "eib": 2**60}
+
+
+def _bytes(node: Node | None) -> int:
+    """A libvirt scaled integer (``<memory unit='MiB'>512</memory>``) in bytes; 0 if absent."""
+    if node is None or not node.text.strip():
+        return 0
+    scale = _SCALES.get((node.get("unit") or "KiB").lower())
+    try:
+        value = int(node.text.strip(), 10)
+    except ValueError:
+        raise _unparsable(f"bad memory size '{node.text.strip()}'") from None
+    if scale is None or value < 0:
+        raise _unparsable(f"bad memory unit '{node.get('unit')}'")
+    return value * scale
+
+
+def _check_memory(root: Node, devices: Node) -> None:
+    """libvirt's virDomainDefPostParseMemory: some memory must be left for boot."""
+    cpu = root.find("cpu")
+    numa = cpu.find("numa") if cpu is not None else None
+    if numa is not None and any(_bytes(_as_memory(c)) for c in numa.findall("cell")):
+        return
+    total = _bytes(root.find("memory"))
+    hotplug = sum(_bytes(m.path("target", "size")) for m in devices.findall("memory"))
+    if total - hotplug <= 0:
+        raise _unparsable("memory size must be specified via <memory> or in the <numa> "
+                          "configuration, and exceed the memory devices")
+
+
+def _as_memory(cell: Node) -> Node:
+    node = Node("memory", {"unit": cell.get("unit") or "KiB"})
+    node.text = cell.get("memory") or ""
+    return node
 
 
 def _check(kind: str, attr: str, value: str | None) -> None:
@@ -592,6 +629,9 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
             if backend is not None:
                 _check("rngbackend", "model", backend.get("model"))
     _console_compat(os_type, serials, consoles)
+    if len(devices.findall("watchdog")) > 1:
+        raise _unparsable("only a single watchdog device is supported")
+    _check_memory(root, devices)
 
     fwcfg: list[str] = []
     for sysinfo in root.findall("sysinfo"):

@@ -96,7 +96,8 @@ def parse_argv(argv: list[str], prog: str) -> Options:
         if arg == "--":
             break
         if arg.startswith("--"):
-            name, eq, value = arg[2:].partition("=")
+            name, eq, given = arg[2:].partition("=")
+            value: str | None = given
             matches = [o for o in LONG_OPTS if o[0] == name] or \
                 [o for o in LONG_OPTS if o[0].startswith(name)]
             if len(matches) != 1:
@@ -290,9 +291,8 @@ def _create_or_replace(opts: Options, out: Output, prog: str) -> int:
             except OSError as exc:
                 raise Fail(("error", f"failed to create include file {files}: "
                                      f"{exc.strerror or exc}")) from None
-    if opts.cmd == "c" or purged:
-        if not _write_profile(opts, out, dom, profile, files, prog):
-            return 1
+    if (opts.cmd == "c" or purged) and not _write_profile(opts, out, dom, profile, files, prog):
+        return 1
     if opts.dryrun:
         return 0
     if opts.cmd == "r" and not purged and not os.path.exists(profile):

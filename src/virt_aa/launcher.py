@@ -28,7 +28,7 @@ def render(entry: str, python: str | None = None, path: str | None = None) -> st
     module = ENTRY_POINTS[entry]
     interpreter = python or sys.executable
     where = path or package_dir()
-    return (f"#!{interpreter} -I -S\n"
+    return (f"#!{interpreter} -IS\n"
             f"# virt-aa launcher for {entry}: isolated, site-less start-up\n"
             f"import sys\n"
             f"sys.path.insert(0, {where!r})\n"
