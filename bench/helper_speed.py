@@ -35,6 +35,16 @@ def uuid_of(xml: bytes) -> str:
     return text.split("<uuid>", 1)[1].split("</uuid>", 1)[0].strip()
 
 
+def disk_name(i: int) -> str:
+    """vda, vdb, ... vdz, vdaa, ... as libvirt numbers disks."""
+    letters = ""
+    i += 1
+    while i:
+        i, rem = divmod(i - 1, 26)
+        letters = chr(ord("a") + rem) + letters
+    return "vd" + letters
+
+
 def many_disks(tmp: Path, n: int) -> bytes:
     disks = []
     for i in range(n):
@@ -43,7 +53,7 @@ def many_disks(tmp: Path, n: int) -> bytes:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), "1M"],
                            check=True)
         disks.append(f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
-                     f"<source file='{img}'/><target dev='vd{i}' bus='virtio'/></disk>")
+                     f"<source file='{img}'/><target dev='{disk_name(i)}' bus='virtio'/></disk>")
     return (f"<domain type='kvm'><name>bench-{n}</name>"
             f"<uuid>5e0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d</uuid><memory>65536</memory>"
             f"<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"

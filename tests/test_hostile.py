@@ -182,7 +182,8 @@ def test_deep_nesting_refused(sandbox: Path) -> None:
 def test_two_thousand_disks(tmp_path: Path) -> None:
     disks = "".join(
         f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
-        f"<source file='{tmp_path}/d{i}.img'/><target dev='vd{i}' bus='virtio'/></disk>"
+        f"<source file='{tmp_path}/d{i}.img'/><target dev='vd{i}' bus='virtio'/>"
+        f"<address type='drive' controller='0' bus='0' target='0' unit='{i}'/></disk>"
         for i in range(2000))
     start = time.perf_counter()
     proc = run_helper(DRY, domain_xml(disks))

@@ -146,9 +146,13 @@ class _Collector:
         self.max_depth = max_depth
         self.rules: list[Rule] = []
         self.warnings: list[str] = []
+        self._seen: dict[str, tuple[str, bool]] = {}
 
     def _canonical(self, path: str) -> tuple[str, bool]:
-        return canonical(path, self.host.exists, self.host.realpath)
+        done = self._seen.get(path)
+        if done is None:
+            done = self._seen[path] = canonical(path, self.host.exists, self.host.realpath)
+        return done
 
     def add_path(self, path: str | None, perms: str, origin: str, recursive: bool = False,
                  suffix: str = "", fatal: bool = True) -> None:

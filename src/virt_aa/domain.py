@@ -323,6 +323,18 @@ def _as_memory(cell: Node) -> Node:
     return node
 
 
+def valid_disk_name(name: str) -> bool:
+    """libvirt's virDiskNameToIndex: a known prefix, lowercase letters, digits."""
+    for prefix in ("fd", "hd", "vd", "sd", "xvd", "ubd"):
+        if name.startswith(prefix):
+            rest = name[len(prefix):]
+            break
+    else:
+        return False
+    letters = len(rest) - len(rest.lstrip("abcdefghijklmnopqrstuvwxyz"))
+    return letters > 0 and all(c in "0123456789" for c in rest[letters:])
+
+
 def _check(kind: str, attr: str, value: str | None) -> None:
     if value is not None and value not in _ENUMS[(kind, attr)]:
         raise _unparsable(f"unknown {kind} {attr} '{value}'")
@@ -575,8 +587,12 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
             device = dev.get("device", "disk") or "disk"
             _check("disk", "device", device)
             target = dev.find("target")
-            disks.append(Disk(target.get("dev", "") or "" if target is not None else "",
-                              device, _storage(dev, dtype)))
+            tdev = (target.get("dev") or "") if target is not None else ""
+            if not tdev:
+                raise _unparsable("disk without target dev")
+            if dev.find("address") is None and not valid_disk_name(tdev):
+                raise _unparsable(f"unknown disk name '{tdev}' and no address specified")
+            disks.append(Disk(tdev, device, _storage(dev, dtype)))
         elif tag in ("serial", "console", "parallel", "channel"):
             chardev = _chardev(tag, dev)
             {"serial": serials, "console": consoles, "parallel": parallels,

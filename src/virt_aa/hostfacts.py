@@ -16,6 +16,7 @@ class SystemHost:
     def __init__(self, sysfs: str = "/sys", dev: str = "/dev") -> None:
         self.sysfs = sysfs
         self.dev = dev
+        self._dirs: dict[str, str] = {}
 
     def exists(self, path: str) -> bool:
         try:
@@ -25,7 +26,22 @@ class SystemHost:
         return True
 
     def realpath(self, path: str) -> str:
-        return os.path.realpath(path)
+        """os.path.realpath, with each directory resolved once per run.
+
+        A domain's images usually share a directory; resolving it once and
+        then checking only the last component for a symlink saves an lstat
+        per path component per disk.
+        """
+        head, _, tail = path.rpartition("/")
+        if tail in ("", ".", "..") or "/." in head or not head:
+            return os.path.realpath(path)
+        rdir = self._dirs.get(head)
+        if rdir is None:
+            rdir = self._dirs[head] = os.path.realpath(head)
+        candidate = f"{rdir}/{tail}" if rdir != "/" else f"/{tail}"
+        if os.path.islink(candidate):
+            return os.path.realpath(candidate)
+        return candidate
 
     def read_header(self, path: str) -> bytes | None:
         return images.read_header(path)

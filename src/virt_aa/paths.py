@@ -90,23 +90,40 @@ def canonical(path: str, exists: Callable[[str], bool],
     path and whether it exists.
     """
     prefix = path
-    while not exists(prefix):
+    found = exists(prefix)
+    whole = found
+    while not found:
         parent = dirname(prefix)
         if parent == prefix:
             break
         prefix = parent
+        found = exists(prefix)
     if prefix == "/" or not prefix:
         result = normalize(path)
     else:
         rest = path[len(prefix):]
         result = normalize(realpath(prefix) + "/" + rest)
-    return result, prefix == path and exists(path)
+    return result, whole
 
 
-def _under(path: str, entry: str) -> bool:
-    if entry.endswith("/"):
-        return path == entry[:-1] or path.startswith(entry)
-    return path.startswith(entry)
+class _Entries:
+    """A list of entries as one C-speed test: ``/etc/`` covers ``/etc`` and below,
+    ``/lib`` (no slash) every path starting with it, as stock tests."""
+
+    __slots__ = ("exact", "prefixes")
+
+    def __init__(self, entries: tuple[str, ...]) -> None:
+        self.prefixes = entries
+        self.exact = frozenset(e[:-1] for e in entries if e.endswith("/"))
+
+    def covers(self, path: str) -> bool:
+        return path.startswith(self.prefixes) or path in self.exact
+
+
+_OVERRIDE = _Entries(STOCK_OVERRIDE)
+_EXTRA = _Entries(EXTRA_RESTRICTED)
+_RW = _Entries(STOCK_RESTRICTED_RW)
+_NEVER = _Entries(STOCK_RESTRICTED + STOCK_RESTRICTED_RW)
 
 
 def _contains(directory: str, entry: str) -> bool:
@@ -125,14 +142,13 @@ def restricted(path: str, readonly: bool, recursive: bool = False) -> bool:
     entries, match directory entries component-wise, and refuse a recursive
     grant whose subtree contains a restricted entry (a share of ``/``).
     """
-    if any(path.startswith(o) for o in STOCK_OVERRIDE):
+    if path.startswith(_OVERRIDE.prefixes):
         return False
-    if any(_under(path, e) for e in EXTRA_RESTRICTED):
+    if _EXTRA.covers(path):
         return True
-    if readonly and any(_under(path, e) for e in STOCK_RESTRICTED_RW):
+    if readonly and _RW.covers(path):
         return False
-    if any(_under(path, e) for e in STOCK_RESTRICTED) or \
-            any(_under(path, e) for e in STOCK_RESTRICTED_RW):
+    if _NEVER.covers(path):
         return True
     if recursive:
         entries = RESTRICTED if readonly else RESTRICTED + STOCK_RESTRICTED_RW
