@@ -37,7 +37,7 @@ def cli_argv() -> list[str]:
 def run_helper(args: list[str], xml: bytes | None = None, root: str | None = None,
                stock: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
     argv = ([STOCK_HELPER] if stock else helper_argv()) + args
-    env = dict(os.environ)
+    env = dict(os.environ, VIRT_AA_DEBUG="1")  # an internal error shows as a traceback
     if root is not None:
         env["VIRT_AA_ROOT"] = root
     return subprocess.run(argv, input=xml if xml is not None else b"", capture_output=True,

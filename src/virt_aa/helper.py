@@ -12,6 +12,11 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~8 ms
+if TYPE_CHECKING:
+    from .domain import Domain
+    from .store import Store
+
 USAGE = """
 {prog} mode [options] [extra file] [< def.xml]
 
@@ -209,7 +214,7 @@ def _paths(opts: Options) -> tuple[str, str]:
     return profile, profile + ".files"
 
 
-def _generate(opts: Options, out: Output) -> tuple[object, str]:
+def _generate(opts: Options, out: Output) -> tuple[Domain, str]:
     """Parse the XML on stdin and compute the .files body (stock's get_files)."""
     from .accesses import GenerationError, extra_file_rules, fixed_rules, generate
     from .domain import DomainError, parse_domain, valid_name
@@ -236,8 +241,6 @@ def _generate(opts: Options, out: Output) -> tuple[object, str]:
         else:
             rules = (fixed_rules(dom) if dom.is_qemu else []) + gen.rules
     except GenerationError as exc:
-        for w in getattr(exc, "warnings", ()):
-            out.line("warning", w)
         raise Fail(*(("error", m) for m in exc.lines),
                    ("error", "invalid VM definition")) from None
     for w in gen.warnings:
@@ -261,28 +264,75 @@ def _parser(action: str, profile: str, opts: Options, out: Output, prog: str) ->
 
 
 def _create_or_replace(opts: Options, out: Output, prog: str) -> int:
-    from .fsutil import read_text, unlink_quiet, write_atomic
+    from .store import Store
 
     dom, body = _generate(opts, out)
-    profile, files = _paths(opts)
+    store = Store(opts.root)
+    if opts.dryrun:
+        return _dry_run(opts, out, store, dom, body)
+    try:
+        store.lock()
+    except OSError as exc:
+        raise Fail(("error", f"cannot take the virt-aa lock under {opts.root}: "
+                             f"{exc.strerror or exc}")) from None
+    try:
+        return _write_and_load(opts, out, prog, store, dom, body)
+    finally:
+        store.unlock()
+
+
+def _dry_run(opts: Options, out: Output, store: Store, dom: Domain, body: str) -> int:
+    from . import vmprofile
+    from .profile import include_lines
+
+    profile, files = store.profile(opts.uuid), store.files(opts.uuid)
+    if opts.cmd == "c" and os.path.exists(profile):
+        raise Fail(("error", "profile exists"))
+    out.info(files)
+    out.info(body)
+    if opts.cmd == "c":
+        for problem in vmprofile.local_problems(store, opts.uuid):
+            out.line("warning", problem)
+        out.info(profile)
+        out.info(opts.uuid)
+        out.info(include_lines(opts.uuid, dom.virt_type, True))
+    return 0
+
+
+def _write_and_load(opts: Options, out: Output, prog: str, store: Store, dom: Domain,
+                    body: str) -> int:
+    """Stock's -c/-r steps, with P regenerated from the stored per-VM state."""
+    from . import vmprofile
+    from .fsutil import read_text, unlink_quiet, write_atomic
+    from .profile import TemplateError, files_content
+
+    profile, files = store.profile(opts.uuid), store.files(opts.uuid)
     exists = os.path.exists(profile)
     if opts.cmd == "c" and exists:
         raise Fail(("error", "profile exists"))
     purged = False
-    if exists and not opts.dryrun and os.path.getsize(profile) == 0:
+    if exists and os.path.getsize(profile) == 0:
         out.line("warning", "Profile of 0 size detected, will attempt to remove it")
         if not _parser("-R", profile, opts, out, prog):
             raise Fail(("error", "could not remove profile"))
         unlink_quiet(profile)
-        purged = True
-    virt_type = getattr(dom, "virt_type", "")
-    if opts.dryrun:
-        out.info(files)
-        out.info(body)
-    elif virt_type != "lxc":
-        old = read_text(files) if opts.append else None
-        from .profile import files_content
+        exists, purged = False, True
 
+    with_local = True
+    problems = vmprofile.local_problems(store, opts.uuid)
+    if problems:
+        fallback = vmprofile.on_broken_rules(store) == "stock"
+        for problem in problems:
+            out.line("warning" if fallback else "error", problem)
+        if not fallback:
+            raise Fail(("error", f"refusing to (re)load {opts.uuid}: its per-VM rules do not "
+                                 f"parse; fix the file or `virt-aa revoke` the rule"))
+        out.line("warning", "loading the stock profile without per-VM rules "
+                            "(on_broken_rules = \"stock\")")
+        with_local = False
+
+    if dom.virt_type != "lxc":
+        old = read_text(files) if opts.append else None
         content = files_content(body, old).encode("utf-8", "surrogateescape")
         current = read_text(files)
         if current is None or current.encode("utf-8", "surrogateescape") != content:
@@ -291,58 +341,30 @@ def _create_or_replace(opts: Options, out: Output, prog: str) -> int:
             except OSError as exc:
                 raise Fail(("error", f"failed to create include file {files}: "
                                      f"{exc.strerror or exc}")) from None
-    if (opts.cmd == "c" or purged) and not _write_profile(opts, out, dom, profile, files, prog):
-        return 1
-    if opts.dryrun:
-        return 0
-    if opts.cmd == "r" and not purged and not os.path.exists(profile):
+
+    if opts.cmd == "r" and not exists and not purged:
         unlink_quiet(files)
         raise Fail(("error", "profile does not exist"))
-    if not _parser("-a" if opts.cmd == "c" else "-r", profile, opts, out, prog):
-        unlink_quiet(files)
-        if opts.cmd == "c":
-            unlink_quiet(profile)
-        return 1
-    return 0
-
-
-def _write_profile(opts: Options, out: Output, dom: object, profile: str, files: str,
-                   prog: str) -> bool:
-    """Create P from TEMPLATE.<type> (stock's create_profile)."""
-    from .fsutil import read_text, unlink_quiet, write_atomic
-    from .profile import TemplateError, create_profile, include_lines
-
-    virt_type = getattr(dom, "virt_type", "")
-    if_exists = not opts.dryrun and _supports_if_exists()
-    includes = include_lines(opts.uuid, virt_type, if_exists)
-    if opts.dryrun:
-        out.info(profile)
-        out.info(opts.uuid)
-        out.info(includes or f"  #include <libvirt/{opts.uuid}.files>\n")
-        return True
-    tname = "qemu" if virt_type in ("qemu", "kqemu", "kvm") else virt_type
-    template_path = os.path.join(os.path.dirname(profile), f"TEMPLATE.{tname}")
+    previous = read_text(profile) if exists else None
     try:
-        template = read_text(template_path)
-        if template is None:
-            raise TemplateError("template does not exist")
-        text = create_profile(template, opts.uuid, includes)
-        write_atomic(profile, text.encode("utf-8", "surrogateescape"))
+        text = vmprofile.render(store, opts.uuid, dom.virt_type, with_local)
+        vmprofile.ensure_local(store, opts.uuid)
+        if text != previous:
+            write_atomic(profile, text.encode("utf-8", "surrogateescape"))
     except (TemplateError, OSError) as exc:
         out.line("error", str(exc) if isinstance(exc, TemplateError)
-                 else f"{template_path}: {exc.strerror or exc}")
+                 else f"{profile}: {getattr(exc, 'strerror', None) or exc}")
         out.line("error", "could not create profile")
         unlink_quiet(files)
-        return False
-    return True
-
-
-def _supports_if_exists() -> bool:
-    """AppArmor >= 3 understands ``include if exists``; 2.x needs plain includes."""
-    from .apparmor import parser_version
-
-    version = parser_version()
-    return version is None or version >= (3,)
+        return 1
+    if _parser("-a" if opts.cmd == "c" else "-r", profile, opts, out, prog):
+        return 0
+    unlink_quiet(files)
+    if opts.cmd == "c":
+        unlink_quiet(profile)
+    elif previous is not None and previous != text:
+        write_atomic(profile, previous.encode("utf-8", "surrogateescape"))
+    return 1
 
 
 def _simple(opts: Options, out: Output, prog: str) -> int:
@@ -393,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         out.line("error", "interrupted")
+        return 1
+    except Exception as exc:  # never a traceback for libvirt to show; fail closed
+        if os.environ.get("VIRT_AA_DEBUG"):
+            raise
+        out.line("error", f"internal error ({type(exc).__name__}: {exc}); nothing was "
+                          f"loaded; set VIRT_AA_DEBUG=1 for details")
         return 1
     finally:
         out.flush()

@@ -32,13 +32,49 @@ def files_content(body: str, old: str | None = None) -> str:
     return FILES_HEADER + body
 
 
-def include_lines(profile_name: str, virt_type: str, if_exists: bool) -> str:
-    """The include(s) that pull F into P; none for LXC (stock writes no F there)."""
-    if virt_type == "lxc":
-        return ""
-    if if_exists:
-        return f"  include if exists <libvirt/{profile_name}.files>\n"
-    return f"  #include <libvirt/{profile_name}.files>\n"
+def include_lines(profile_name: str, virt_type: str, if_exists: bool,
+                  local: bool = True) -> str:
+    """The includes that pull F (none for LXC: stock writes no F there) and the
+    per-VM rules (``local/<profile>``, AppArmor's convention) into P.
+
+    AppArmor >= 3 gets ``include if exists``, so P stays loadable when libvirt
+    has deleted F at shutdown; 2.x gets plain includes and virt-aa keeps the
+    local file present.
+    """
+    kw = "include if exists" if if_exists else "#include"
+    out = "" if virt_type == "lxc" else f"  {kw} <libvirt/{profile_name}.files>\n"
+    if local:
+        out += f"  {kw} <local/{profile_name}>\n"
+    return out
+
+
+def set_mode(text: str, profile_name: str, mode: str) -> str:
+    """Put ``complain`` into (or take it out of) the flags of the profile line."""
+    lines = text.split("\n")
+    head = f"profile {profile_name}"
+    for i, line in enumerate(lines):
+        if not (line.startswith(head + " ") or line == head or line.startswith(head + "{")):
+            continue
+        body = line[len(head):]
+        brace = body.rfind("{")
+        spec, tail = (body[:brace], body[brace:]) if brace >= 0 else (body, "")
+        flags: list[str] = []
+        rest = spec
+        start = spec.find("flags=(")
+        if start >= 0:
+            end = spec.find(")", start)
+            flags = [f.strip() for f in spec[start + 7:end].split(",") if f.strip()]
+            rest = spec[:start] + spec[end + 1:]
+        flags = [f for f in flags if f not in ("complain", "enforce")]
+        if mode == "complain":
+            flags.append("complain")
+        rest = rest.strip()
+        new = head + (f" {rest}" if rest else "")
+        if flags:
+            new += f" flags=({', '.join(flags)})"
+        lines[i] = new + (" " + tail if tail else "")
+        break
+    return "\n".join(lines)
 
 
 def create_profile(template: str, profile_name: str, includes: str) -> str:
