@@ -66,3 +66,13 @@ def domain_xml(dom: Any) -> bytes:
     except lv.libvirtError:
         xml = dom.XMLDesc(0)
     return xml.encode("utf-8")
+
+
+def is_running(dom: Any) -> bool:
+    return bool(dom.isActive())
+
+
+def running_domains(conn: Any) -> list[Any]:
+    lv = _module()
+    flag = getattr(lv, "VIR_CONNECT_LIST_DOMAINS_ACTIVE", 1)
+    return list(conn.listAllDomains(flag))

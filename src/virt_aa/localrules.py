@@ -180,7 +180,7 @@ def parse_rule(text: str) -> Parsed:
     head = words[0]
     if head in ("profile", "hat", "^", "change_profile", "pivot_root", "mount", "umount",
                 "remount", "rlimit", "set", "abi", "alias") or head.startswith("^") \
-            or head.startswith("@{") and "=" in body:
+            or (head.startswith("@{") and "=" in body):
         raise RuleError(f"'{head}' rules are not allowed per VM")
     if "=" in head or (len(words) > 1 and words[1] in ("=", "+=")):
         raise RuleError("variable definitions are not allowed per VM")
@@ -350,7 +350,12 @@ def _quote(value: str) -> str:
 
 
 def render_file(name: str, uuid: str, rules: list[LocalRule]) -> str:
-    out = [HEADER.format(name=name.replace("\n", " "), uuid=uuid)]
+    return HEADER.format(name=" ".join(name.split()), uuid=uuid) + render_blocks(rules)
+
+
+def render_blocks(rules: list[LocalRule]) -> str:
+    """Each rule after its provenance comment."""
+    out = []
     for rule in rules:
         fields = dict(rule.fields)
         fields["id"] = rule.id

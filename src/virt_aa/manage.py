@@ -1,0 +1,308 @@
+"""Per-VM rules and mode: check, store, apply live, record.
+
+Every change runs under the store lock: validate -> compile -> write the
+per-VM file or settings atomically -> rewrite P if it exists -> replace the
+loaded profile (or compile-check it where the kernel has no AppArmor) ->
+append to the history.  If applying fails, the previous files are put back
+and nothing is recorded: no half state, never a wider profile.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from . import apparmor, vmprofile
+from .domain import Domain, DomainError, parse_domain
+from .fsutil import read_text, write_atomic
+from .localrules import (
+    PROVENANCE,
+    LocalRule,
+    RuleError,
+    grants_restricted,
+    parse_file,
+    parse_rule,
+    render_blocks,
+    render_file,
+    rule_id,
+)
+from .profile import TemplateError
+from .store import MODES, Store, StoreError
+
+
+class ManageError(RuntimeError):
+    """One line for the admin: what failed, what to do; nothing was changed."""
+
+
+class VM:
+    """The domain a command acts on: identity, XML, and whether it runs."""
+
+    __slots__ = ("dom", "running")
+
+    def __init__(self, dom: Domain, running: bool | None) -> None:
+        self.dom = dom
+        self.running = running   # None: unknown (domain given offline with --xml)
+
+    @property
+    def uuid(self) -> str:
+        return self.dom.uuid
+
+    @property
+    def profile(self) -> str:
+        return self.dom.profile_name
+
+
+def vm_from_xml(xml: bytes, running: bool | None = None, source: str = "XML") -> VM:
+    try:
+        return VM(parse_domain(xml), running)
+    except DomainError as exc:
+        raise ManageError(f"{source}: " + "; ".join(m for _, m in exc.lines)) from None
+
+
+def invoking_user() -> str:
+    """Who asked: the sudo caller where there is one, else the process owner."""
+    sudo = os.environ.get("SUDO_USER")
+    if sudo:
+        return sudo
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.getuid())
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _clean(value: str) -> str:
+    return " ".join(value.replace("\x00", " ").split())
+
+
+def compile_rules(store: Store, rules: list[str]) -> str | None:
+    """Compile ``rules`` inside a minimal profile with the real parser.
+
+    A rule's meaning does not depend on the rest of the profile (only on the
+    tunables' variables, which are included), so this is the syntax and
+    regex check at a fraction of the cost of the whole profile.
+    """
+    import tempfile
+
+    body = "".join(f"  {r}\n" for r in rules)
+    text = f"#include <tunables/global>\nprofile virt-aa-rule-check {{\n{body}}}\n"
+    with tempfile.NamedTemporaryFile("wb", prefix="virt-aa-check-", suffix=".aa") as f:
+        f.write(text.encode("utf-8", "surrogateescape"))
+        f.flush()
+        res = apparmor.compile_check(f.name, store.root)
+    if res.ok:
+        return None
+    return res.message.replace(f.name, "<rule>") or "apparmor_parser rejected the rule"
+
+
+def apply_live(store: Store, vm: VM) -> str:
+    """Rewrite P if it exists and get it into the kernel; raise on failure (P restored)."""
+    path = store.profile(vm.profile)
+    old = read_text(path)
+    if old is None:
+        return "no profile on disk yet: it takes effect when the VM starts"
+    try:
+        new = vmprofile.render(store, vm.profile, vm.dom.virt_type)
+        vmprofile.ensure_local(store, vm.profile)
+    except TemplateError as exc:
+        raise ManageError(f"{store.template(vm.dom.virt_type)}: {exc}") from None
+    if new != old:
+        write_atomic(path, new.encode("utf-8", "surrogateescape"))
+    loaded = apparmor.loaded_profiles() if os.path.normpath(store.root) == "/" else None
+    if loaded is not None:
+        if vm.profile not in loaded:
+            return f"{path} updated; the profile is not loaded (VM not running)"
+        res = apparmor.run("-r", path, store.root, "virt-aa")
+        verb = "replaced the loaded profile"
+    elif vm.running is False:
+        return f"{path} updated; the VM is not running"
+    else:
+        res = apparmor.compile_check(path, store.root)
+        verb = "compiled (no AppArmor in this kernel: nothing loaded)" \
+            if os.path.normpath(store.root) == "/" else "compiled (--root sandbox: nothing loaded)"
+    if not res.ok:
+        if new != old:
+            write_atomic(path, old.encode("utf-8", "surrogateescape"))
+        raise ManageError(f"{path}: {res.message or 'apparmor_parser failed'}; the previous "
+                          f"profile stays on disk and loaded")
+    return f"{path} updated and {verb}"
+
+
+def _ensure_settings(store: Store, vm: VM) -> dict[str, str]:
+    settings = store.settings(vm.uuid)
+    if settings.get("name") != vm.dom.name or "mode" not in settings:
+        settings.setdefault("mode", "enforce")
+        settings["name"] = vm.dom.name
+        store.write_settings(vm.uuid, {"name": settings["name"], "mode": settings["mode"],
+                                       **{k: v for k, v in settings.items()
+                                          if k not in ("name", "mode")}})
+    return settings
+
+
+def _transaction(store: Store, vm: VM, new_local: str | None,
+                 new_mode: str | None) -> str:
+    """Write the per-VM file and/or mode, apply live; undo both on failure."""
+    old_local = store.read_local(vm.profile)
+    settings = _ensure_settings(store, vm)
+    old_mode = settings.get("mode", "enforce")
+    try:
+        if new_local is not None:
+            store.write_local(vm.profile, new_local)
+        if new_mode is not None:
+            store.write_settings(vm.uuid, {**settings, "mode": new_mode})
+        return apply_live(store, vm)
+    except (ManageError, StoreError, OSError):
+        if new_local is not None:
+            if old_local is None:
+                try:
+                    os.unlink(store.local(vm.profile))
+                except OSError:
+                    pass
+            else:
+                store.write_local(vm.profile, old_local)
+        if new_mode is not None:
+            store.write_settings(vm.uuid, {**settings, "mode": old_mode})
+        raise
+
+
+def allow(store: Store, vm: VM, rules: list[str], comment: str = "", force: bool = False,
+          denial: str = "") -> dict[str, Any]:
+    """Add per-VM rules (checked, compiled, applied, recorded)."""
+    parsed = []
+    for text in rules:
+        try:
+            p = parse_rule(text)
+        except RuleError as exc:
+            raise ManageError(f"rule {text.strip()!r}: {exc}") from None
+        if grants_restricted(p) and not force:
+            raise ManageError(f"rule {p.text!r} grants a restricted path (DESIGN §5: /etc, "
+                              f"/root, /proc, /sys, /dev/mem ...); add --force if you mean it")
+        parsed.append(p)
+    with store:
+        text = store.read_local(vm.profile) or ""
+        existing, _ = parse_file(text)
+        have = {r.id for r in existing}
+        fresh: list[LocalRule] = []
+        for p in parsed:
+            rid = rule_id(p.text)
+            if rid in have or rid in {rule_id(f.text) for f in fresh}:
+                continue
+            fields = {"id": rid, "added": now(), "by": invoking_user()}
+            if comment:
+                fields["comment"] = _clean(comment)
+            if denial:
+                fields["denial"] = _clean(denial)
+            if force and grants_restricted(p):
+                fields["force"] = "yes"
+            fresh.append(LocalRule(p.text, fields))
+        if not fresh:
+            return {"added": [], "status": "already allowed: nothing changed"}
+        problem = compile_rules(store, [r.text for r in fresh])
+        if problem:
+            raise ManageError(f"apparmor_parser refused the rule: {problem}")
+        if not text.strip():
+            text = render_file(vm.dom.name, vm.uuid, [])
+        elif not text.endswith("\n"):
+            text += "\n"
+        block = render_blocks(fresh)
+        status = _transaction(store, vm, text + block, None)
+        for r in fresh:
+            store.append_history(vm.uuid, {
+                "time": r.fields["added"], "user": r.fields["by"], "action": "allow",
+                "domain": vm.dom.name, "rule": r.text, "id": r.id,
+                "why": r.fields.get("comment", ""), "denial": r.fields.get("denial", ""),
+                "force": bool(r.fields.get("force"))})
+    return {"added": [r.as_dict() for r in fresh], "status": status}
+
+
+def revoke(store: Store, vm: VM, key: str) -> dict[str, Any]:
+    """Remove the rule with this id (or this exact text) and its provenance line."""
+    with store:
+        text = store.read_local(vm.profile) or ""
+        rules, _ = parse_file(text)
+        target = None
+        try:
+            wanted = parse_rule(key).text if not _looks_like_id(key) else None
+        except RuleError:
+            wanted = None
+        for r in rules:
+            if r.id == key or (wanted is not None and r.text == wanted):
+                target = r
+                break
+        if target is None:
+            raise ManageError(f"{vm.dom.name} has no per-VM rule {key!r} "
+                              f"(see `virt-aa rules {vm.dom.name}`)")
+        lines = text.split("\n")
+        drop = {target.line - 1}
+        prev = target.line - 2
+        if prev >= 0 and lines[prev].strip().startswith(PROVENANCE):
+            drop.add(prev)
+        new = "\n".join(line for i, line in enumerate(lines) if i not in drop)
+        status = _transaction(store, vm, new, None)
+        store.append_history(vm.uuid, {
+            "time": now(), "user": invoking_user(), "action": "revoke",
+            "domain": vm.dom.name, "rule": target.text, "id": target.id})
+    return {"revoked": target.as_dict(), "status": status}
+
+
+def _looks_like_id(key: str) -> bool:
+    return len(key) == 8 and all(c in "0123456789abcdef" for c in key)
+
+
+def set_mode(store: Store, vm: VM, mode: str, why: str = "") -> dict[str, Any]:
+    if mode not in MODES:
+        raise ManageError(f"mode must be one of {', '.join(MODES)}")
+    with store:
+        before = store.mode(vm.uuid)
+        status = _transaction(store, vm, None, mode)
+        store.append_history(vm.uuid, {
+            "time": now(), "user": invoking_user(), "action": mode, "domain": vm.dom.name,
+            "from": before, "why": _clean(why)})
+    return {"mode": mode, "previous": before, "status": status}
+
+
+def reload(store: Store, vm: VM) -> str:
+    with store:
+        return apply_live(store, vm)
+
+
+def list_rules(store: Store, vm: VM) -> dict[str, Any]:
+    text = store.read_local(vm.profile) or ""
+    rules, problems = parse_file(text)
+    path = store.local(vm.profile)
+    out = []
+    for r in rules:
+        d = r.as_dict()
+        d["restricted"] = grants_restricted(parse_rule(r.text))
+        out.append(d)
+    return {"domain": vm.dom.name, "uuid": vm.uuid, "file": path, "rules": out,
+            "problems": [{"line": n, "reason": why} for n, why in problems]}
+
+
+def profile_status(store: Store, vm: VM) -> dict[str, Any]:
+    """Whether P is on disk, current, and loaded."""
+    path = store.profile(vm.profile)
+    on_disk = read_text(path)
+    try:
+        expected = vmprofile.render(store, vm.profile, vm.dom.virt_type)
+    except TemplateError:
+        expected = None
+    loaded_set = apparmor.loaded_profiles()
+    return {
+        "path": path,
+        "on_disk": on_disk is not None,
+        "current": on_disk is not None and on_disk == expected,
+        "loaded": None if loaded_set is None else vm.profile in loaded_set,
+        "kernel": "AppArmor" if loaded_set is not None else "no AppArmor in this kernel",
+    }
+
+
+def warn(msg: str) -> None:
+    print(f"virt-aa: warning: {msg}", file=sys.stderr)
