@@ -15,6 +15,7 @@ import sys
 
 ENTRY_POINTS = {
     "virt-aa-helper": "virt_aa.helper",
+    "virt-aa-hook": "virt_aa.hook",
 }
 
 

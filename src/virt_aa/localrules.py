@@ -169,9 +169,15 @@ def parse_rule(text: str) -> Parsed:
     for tok in tokens:
         if tok.startswith("#") or tok in ("include", "#include") or tok.startswith("include"):
             raise RuleError("includes and comments are not rules")
-    outside = "".join(t for t in tokens if not t.startswith('"'))
-    if "}" in outside.replace("@{", "").replace("{", "") or _unbalanced(outside):
-        raise RuleError("braces outside a path alternation are not allowed")
+    if "=" in body and (tokens[0].startswith("@{") or (len(tokens) > 1 and tokens[1] in
+                                                         ("=", "+="))):
+        raise RuleError("variable definitions are not allowed per VM")
+    for tok in tokens:
+        if tok.startswith('"'):
+            continue
+        is_path = tok.startswith(("/", "@{"))
+        if ("{" in tok or "}" in tok) and (not is_path or _unbalanced(tok)):
+            raise RuleError("braces outside a path alternation are not allowed")
     words = list(tokens)
     while words and words[0] in QUALIFIERS:
         words.pop(0)
@@ -179,11 +185,8 @@ def parse_rule(text: str) -> Parsed:
         raise RuleError("a rule needs more than qualifiers")
     head = words[0]
     if head in ("profile", "hat", "^", "change_profile", "pivot_root", "mount", "umount",
-                "remount", "rlimit", "set", "abi", "alias") or head.startswith("^") \
-            or (head.startswith("@{") and "=" in body):
+                "remount", "rlimit", "set", "abi", "alias") or head.startswith("^"):
         raise RuleError(f"'{head}' rules are not allowed per VM")
-    if "=" in head or (len(words) > 1 and words[1] in ("=", "+=")):
-        raise RuleError("variable definitions are not allowed per VM")
     if head in KEYWORDS:
         if any(c in body for c in "{}\\"):
             raise RuleError(f"{head} rules may not contain braces or backslashes")
@@ -224,9 +227,9 @@ def _commas_quoted_or_braced(body: str) -> bool:
                 quoted = False
         elif ch == '"':
             quoted = True
-        elif ch == "{":
+        elif ch in "{(":
             depth += 1
-        elif ch == "}":
+        elif ch in "})":
             depth -= 1
         elif ch == "," and depth <= 0:
             return False
@@ -331,6 +334,10 @@ def parse_file(text: str) -> tuple[list[LocalRule], list[tuple[int, str]]]:
             pending = _provenance(line)
             continue
         if line.startswith("#"):
+            continue
+        if not line.endswith(","):
+            problems.append((lineno, "missing ',' at the end of the rule"))
+            pending = None
             continue
         try:
             parsed = parse_rule(line)
