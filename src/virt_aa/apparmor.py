@@ -11,7 +11,10 @@ import os
 import sys
 
 STOCK_PARSER = "/sbin/apparmor_parser"   # what libvirt's helper runs, hard-coded
-SECURITYFS = "/sys/kernel/security/apparmor"
+# The kernel's AppArmor interface.  VIRT_AA_SECURITYFS points tests at a stand-in
+# directory (with a ``profiles`` list) together with a recording VIRT_AA_PARSER:
+# the one fake the tests use, for the kernel this machine does not have.
+SECURITYFS = os.environ.get("VIRT_AA_SECURITYFS") or "/sys/kernel/security/apparmor"
 FEATURES_FILE = "/usr/share/apparmor-features/features"
 ALREADY_UNLOADED = 234                   # apparmor_parser -R on an unknown profile
 _announced = False
@@ -104,14 +107,17 @@ def run(action: str, profile: str, root: str, prog: str) -> ParserResult:
     """
     import subprocess
 
-    sandbox = os.path.normpath(root) != "/"
+    sandbox = os.path.normpath(root) != "/" and not os.environ.get("VIRT_AA_SECURITYFS")
     if sandbox or not kernel_has_apparmor():
         _announce(prog, "--root sandbox" if sandbox else "no AppArmor in this kernel")
         if action == "-R":
             return ParserResult(True, "", False, 0)
         return compile_check(profile, root)
     try:
-        proc = subprocess.run([parser_path(), action, profile], timeout=300, check=False,
+        argv = [parser_path(), action, profile]
+        if os.path.normpath(root) != "/":
+            argv[2:2] = ["-I", os.path.join(root, "etc/apparmor.d")]
+        proc = subprocess.run(argv, timeout=300, check=False,
                               env={"PATH": "/sbin:/usr/sbin", "IFS": " \t\n"})
     except (OSError, subprocess.SubprocessError) as exc:
         return ParserResult(False, f"failed to run apparmor_parser: {exc}", False, -1)

@@ -115,7 +115,8 @@ def apply_live(store: Store, vm: VM) -> str:
         raise ManageError(f"{store.template(vm.dom.virt_type)}: {exc}") from None
     if new != old:
         write_atomic(path, new.encode("utf-8", "surrogateescape"))
-    loaded = apparmor.loaded_profiles() if os.path.normpath(store.root) == "/" else None
+    loaded = apparmor.loaded_profiles() if (os.path.normpath(store.root) == "/" or
+                                            os.environ.get("VIRT_AA_SECURITYFS")) else None
     if loaded is not None:
         if vm.profile not in loaded:
             return f"{path} updated; the profile is not loaded (VM not running)"
