@@ -137,7 +137,8 @@ def test_show_reports_mode_rules_and_currency(running: tuple[Path, Kernel]) -> N
     assert "RESTRICTED" in text
     # a hand edit makes P stale only if it changes P; a template edit does
     tmpl = root / "etc/apparmor.d/libvirt/TEMPLATE.qemu"
-    tmpl.write_text(tmpl.read_text().replace("attach_disconnected", "attach_disconnected,mediate_deleted"))
+    tmpl.write_text(tmpl.read_text().replace("attach_disconnected",
+                                             "attach_disconnected,mediate_deleted"))
     out = json.loads(run(root, kernel, "show", "web01", "--json").stdout)
     assert out["profile_status"]["current"] is False
     assert run(root, kernel, "reload", "web01").returncode == 0
