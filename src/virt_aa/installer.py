@@ -230,6 +230,13 @@ def install(root: str, mode: str = "hook", dry: bool = False) -> list[str]:
     override_created = False
     created: list[str] = list(manifest.get("created", []))
     dirs: list[str] = list(manifest.get("created_dirs", []))
+    owned = [HOOK, ENTRY, ENTRY_PROFILE] if mode == "hook" else [HELPER]
+    for rel in owned:   # all checks before the first write: refuse, or do it all
+        path = _abs(root, rel)
+        if os.path.lexists(path) and not _ours(path) and not (
+                rel == HELPER and not _diverted(root)):
+            raise InstallError(f"{path} exists and is not virt-aa's: move it away first "
+                               f"(nothing was changed)")
     for rel in ("etc/libvirt/hooks", "etc/libvirt/hooks/qemu.d") if mode == "hook" else ():
         if not os.path.isdir(_abs(root, rel)):
             plan.add(f"mkdir  {_abs(root, rel)}")
