@@ -100,8 +100,6 @@ profile virt-aa-hook {r}/{ENTRY} flags=(attach_disconnected) {{
   {r}/var/lib/virt-aa/** rwk,
   /usr/share/apparmor-features/** r,
   /{{usr/,}}sbin/apparmor_parser rix,
-  /tmp/ r,
-  owner /tmp/virt-aa-hook-* rw,
   @{{PROC}}/@{{pid}}/mounts r,
   /sys/kernel/security/apparmor/{{,**}} r,
   deny /etc/shadow r,

@@ -89,17 +89,18 @@ def compile_rules(store: Store, rules: list[str]) -> str | None:
     tunables' variables, which are included), so this is the syntax and
     regex check at a fraction of the cost of the whole profile.
     """
-    import tempfile
-
     body = "".join(f"  {r}\n" for r in rules)
     text = f"#include <tunables/global>\nprofile virt-aa-rule-check {{\n{body}}}\n"
-    with tempfile.NamedTemporaryFile("wb", prefix="virt-aa-check-", suffix=".aa") as f:
-        f.write(text.encode("utf-8", "surrogateescape"))
-        f.flush()
-        res = apparmor.compile_check(f.name, store.root)
+    # under the state directory (the caller holds the lock, which clears leftovers)
+    path = store.path(f"var/lib/virt-aa/rule-check.{os.getpid()}.tmp")
+    write_atomic(path, text.encode("utf-8", "surrogateescape"))
+    try:
+        res = apparmor.compile_check(path, store.root)
+    finally:
+        os.unlink(path)
     if res.ok:
         return None
-    return res.message.replace(f.name, "<rule>") or "apparmor_parser rejected the rule"
+    return res.message.replace(path, "<rule>") or "apparmor_parser rejected the rule"
 
 
 def apply_live(store: Store, vm: VM) -> str:
@@ -136,40 +137,60 @@ def apply_live(store: Store, vm: VM) -> str:
     return f"{path} updated and {verb}"
 
 
-def _ensure_settings(store: Store, vm: VM) -> dict[str, str]:
+def _restore(path: str, old: str | None) -> None:
+    """Put a file back as it was (absent if it was absent)."""
+    if old is None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    else:
+        write_atomic(path, old.encode("utf-8", "surrogateescape"))
+
+
+def _transaction(store: Store, vm: VM, new_local: str | None, new_mode: str | None,
+                 records: list[dict[str, Any]]) -> str:
+    """One change as a unit: per-VM file and/or settings, P, the kernel, the history.
+
+    If any step fails, every file is put back as it was (and P re-applied),
+    so a change is either complete and recorded, or not there at all.
+    """
+    local_path, settings_path = store.local(vm.profile), store.settings_path(vm.uuid)
+    old_local = read_text(local_path)
+    old_settings_text = read_text(settings_path)
+    new_dirs = [d for d in (os.path.dirname(local_path), os.path.dirname(settings_path))
+                if not os.path.isdir(d)]
     settings = store.settings(vm.uuid)
-    if settings.get("name") != vm.dom.name or "mode" not in settings:
-        settings.setdefault("mode", "enforce")
-        settings["name"] = vm.dom.name
-        store.write_settings(vm.uuid, {"name": settings["name"], "mode": settings["mode"],
-                                       **{k: v for k, v in settings.items()
-                                          if k not in ("name", "mode")}})
-    return settings
-
-
-def _transaction(store: Store, vm: VM, new_local: str | None,
-                 new_mode: str | None) -> str:
-    """Write the per-VM file and/or mode, apply live; undo both on failure."""
-    old_local = store.read_local(vm.profile)
-    settings = _ensure_settings(store, vm)
-    old_mode = settings.get("mode", "enforce")
+    mode = new_mode or settings.get("mode", "enforce")
+    applied = False
     try:
         if new_local is not None:
             store.write_local(vm.profile, new_local)
-        if new_mode is not None:
-            store.write_settings(vm.uuid, {**settings, "mode": new_mode})
-        return apply_live(store, vm)
-    except (ManageError, StoreError, OSError):
-        if new_local is not None:
-            if old_local is None:
-                try:
-                    os.unlink(store.local(vm.profile))
-                except OSError:
-                    pass
-            else:
-                store.write_local(vm.profile, old_local)
-        if new_mode is not None:
-            store.write_settings(vm.uuid, {**settings, "mode": old_mode})
+        if new_mode is not None or settings.get("name") != vm.dom.name or \
+                "mode" not in settings:
+            extra = {k: v for k, v in settings.items() if k not in ("name", "mode")}
+            store.write_settings(vm.uuid, {"name": vm.dom.name, "mode": mode, **extra})
+        status = apply_live(store, vm)
+        applied = True
+        for rec in records:
+            store.append_history(vm.uuid, rec)
+        return status
+    except (ManageError, StoreError, OSError) as exc:
+        try:
+            _restore(local_path, old_local)
+            _restore(settings_path, old_settings_text)
+            for d in new_dirs:
+                if os.path.isdir(d) and not os.listdir(d):
+                    os.rmdir(d)
+            if applied:
+                apply_live(store, vm)
+        except (ManageError, StoreError, OSError) as again:
+            raise ManageError(f"{exc}; and undoing it failed too: {again}") from None
+        if isinstance(exc, ManageError):
+            problems = vmprofile.local_problems(store, vm.profile)
+            if problems:
+                raise ManageError(f"{exc} (the per-VM file has broken lines: "
+                                  f"{'; '.join(problems)})") from None
         raise
 
 
@@ -213,13 +234,11 @@ def allow(store: Store, vm: VM, rules: list[str], comment: str = "", force: bool
         elif not text.endswith("\n"):
             text += "\n"
         block = render_blocks(fresh)
-        status = _transaction(store, vm, text + block, None)
-        for r in fresh:
-            store.append_history(vm.uuid, {
-                "time": r.fields["added"], "user": r.fields["by"], "action": "allow",
-                "domain": vm.dom.name, "rule": r.text, "id": r.id,
-                "why": r.fields.get("comment", ""), "denial": r.fields.get("denial", ""),
-                "force": bool(r.fields.get("force"))})
+        status = _transaction(store, vm, text + block, None, [{
+            "time": r.fields["added"], "user": r.fields["by"], "action": "allow",
+            "domain": vm.dom.name, "rule": r.text, "id": r.id,
+            "why": r.fields.get("comment", ""), "denial": r.fields.get("denial", ""),
+            "force": bool(r.fields.get("force"))} for r in fresh])
     return {"added": [r.as_dict() for r in fresh], "status": status}
 
 
@@ -246,10 +265,9 @@ def revoke(store: Store, vm: VM, key: str) -> dict[str, Any]:
         if prev >= 0 and lines[prev].strip().startswith(PROVENANCE):
             drop.add(prev)
         new = "\n".join(line for i, line in enumerate(lines) if i not in drop)
-        status = _transaction(store, vm, new, None)
-        store.append_history(vm.uuid, {
+        status = _transaction(store, vm, new, None, [{
             "time": now(), "user": invoking_user(), "action": "revoke",
-            "domain": vm.dom.name, "rule": target.text, "id": target.id})
+            "domain": vm.dom.name, "rule": target.text, "id": target.id}])
     return {"revoked": target.as_dict(), "status": status}
 
 
@@ -262,10 +280,9 @@ def set_mode(store: Store, vm: VM, mode: str, why: str = "") -> dict[str, Any]:
         raise ManageError(f"mode must be one of {', '.join(MODES)}")
     with store:
         before = store.mode(vm.uuid)
-        status = _transaction(store, vm, None, mode)
-        store.append_history(vm.uuid, {
+        status = _transaction(store, vm, None, mode, [{
             "time": now(), "user": invoking_user(), "action": mode, "domain": vm.dom.name,
-            "from": before, "why": _clean(why)})
+            "from": before, "why": _clean(why)}])
     return {"mode": mode, "previous": before, "status": status}
 
 

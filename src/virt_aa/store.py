@@ -84,7 +84,7 @@ class Store:
         """Remove temp files of writers that died (only ever called under the lock)."""
         removed = []
         for rel in ("etc/apparmor.d/libvirt", "etc/apparmor.d/local", "etc/virt-aa/domains",
-                    "var/lib/virt-aa/history"):
+                    "var/lib/virt-aa", "var/lib/virt-aa/history"):
             d = self.path(rel)
             try:
                 names = os.listdir(d)

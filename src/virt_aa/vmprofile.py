@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from .fsutil import read_text
+from .fsutil import read_text, write_atomic
 from .localrules import parse_file
 from .profile import TemplateError, create_profile, include_lines, set_mode
 from .store import Store
@@ -17,19 +17,50 @@ from .store import Store
 _IF_EXISTS: bool | None = None
 
 
-def supports_if_exists() -> bool:
-    """AppArmor >= 3 understands ``include if exists``; 2.x needs plain includes."""
+def supports_if_exists(store: Store | None = None) -> bool:
+    """AppArmor >= 3 understands ``include if exists``; 2.x needs plain includes.
+
+    Asking the parser costs a process start at every VM start, so the answer is
+    cached in ``var/lib/virt-aa/parser-version`` next to the parser binary's
+    identity (size and mtime) and asked again only when the parser changes.
+    """
     global _IF_EXISTS
     if _IF_EXISTS is None:
         env = os.environ.get("VIRT_AA_APPARMOR_MAJOR")
-        if env and env.isdigit():
-            _IF_EXISTS = int(env) >= 3
-        else:
-            from .apparmor import parser_version
-
-            version = parser_version()
-            _IF_EXISTS = version is None or version >= (3,)
+        major = int(env) if env and env.isdigit() else _parser_major(store)
+        _IF_EXISTS = major >= 3
     return _IF_EXISTS
+
+
+def _parser_major(store: Store | None) -> int:
+    from .apparmor import parser_path
+
+    parser = parser_path()
+    try:
+        st = os.stat(parser)
+        key = f"{parser} {st.st_size} {st.st_mtime_ns}"
+    except OSError:
+        key = ""
+    cache = store.path("var/lib/virt-aa/parser-version") if store is not None else None
+    if cache and key:
+        try:
+            with open(cache, encoding="utf-8") as f:
+                cached_key, _, text = f.read().rpartition(" ")
+            if cached_key == key and text.strip().isdigit():
+                return int(text)
+        except OSError:
+            pass
+    from .apparmor import parser_version
+
+    version = parser_version(parser)
+    major = version[0] if version else 3
+    if cache and key and version:
+        try:
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            write_atomic(cache, f"{key} {major}".encode())
+        except OSError:
+            pass
+    return major
 
 
 def render(store: Store, profile_name: str, virt_type: str, with_local: bool = True,
@@ -38,7 +69,7 @@ def render(store: Store, profile_name: str, virt_type: str, with_local: bool = T
     template = read_text(store.template(virt_type))
     if template is None:
         raise TemplateError("template does not exist")
-    if_exists = supports_if_exists()
+    if_exists = supports_if_exists(store)
     text = create_profile(template, profile_name,
                           include_lines(profile_name, virt_type, if_exists, with_local))
     uuid = profile_name[len("libvirt-"):]
@@ -48,7 +79,7 @@ def render(store: Store, profile_name: str, virt_type: str, with_local: bool = T
 def ensure_local(store: Store, profile_name: str) -> None:
     """With AppArmor 2.x the plain include needs the file to exist."""
     path = store.local(profile_name)
-    if not supports_if_exists() and not os.path.exists(path):
+    if not supports_if_exists(store) and not os.path.exists(path):
         store.write_local(profile_name, "")
 
 
