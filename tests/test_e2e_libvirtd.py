@@ -23,7 +23,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,6 +38,7 @@ UUID = "3f2b0a5e-1c7d-4e8f-9a6b-0c1d2e3f4a5b"
 PROFILE = f"libvirt-{UUID}"
 RULE = "/srv/e2e/** rwk,"
 BROKEN = "/srv/e2e/** rwz,"
+PARSER_BROKEN = "capability bogus,"
 BUDGET = 120.0
 DOMAIN_XML = f"""<domain type='qemu'>
   <name>{NAME}</name>
@@ -102,7 +103,6 @@ class Env:
     install_out: str
     phases: Phases
     log_seen: int = 0     # admin log lines already checked
-    notes: list[str] = field(default_factory=list)
 
     @property
     def hooks(self) -> Path:
@@ -260,6 +260,17 @@ def test_hook_in_a_real_libvirtd(e2e: Env) -> None:
         assert env.new_hook_calls() == [f"{NAME} prepare begin -", f"{NAME} stopped end -",
                                         f"{NAME} release end -"]
         print(f"\n[e2e]   virsh start said: {proc.stderr.strip()}", end="")
+
+    with ph("rule only apparmor_parser rejects: refused"):
+        lines[at[0]] = PARSER_BROKEN       # passes virt-aa's grammar, not the parser
+        env.local.write_text("\n".join(lines))
+        proc = d.virsh("start", NAME, check=False)
+        assert proc.returncode != 0
+        err = " ".join(proc.stderr.split())
+        assert f"{os.path.realpath(env.local)}:{at[0] + 1}: Invalid capability" in err, err
+        assert f"refusing to start {NAME}" in err, err
+        assert env.new_hook_calls() == [f"{NAME} prepare begin -", f"{NAME} stopped end -",
+                                        f"{NAME} release end -"]
 
     with ph("rule fixed: start again"):
         env.local.write_text(good)

@@ -106,7 +106,14 @@ def _compile_local(store: Store, profile: str) -> list[str]:
         return []
     # unchanged since the parser last accepted it: no need to ask again
     stamp = store.path(f"var/lib/virt-aa/{profile}.checked")
-    key = f"{st.st_ino} {st.st_size} {st.st_mtime_ns}"
+    from .apparmor import parser_path
+
+    try:
+        pst = os.stat(parser_path())
+        parser_key = f"{pst.st_size} {pst.st_mtime_ns}"
+    except OSError:
+        parser_key = "?"
+    key = f"{st.st_ino} {st.st_size} {st.st_mtime_ns} {parser_key}"
     try:
         with open(stamp, encoding="ascii") as f:
             if f.read() == key:
@@ -128,7 +135,46 @@ def _compile_local(store: Store, profile: str) -> list[str]:
         with open(stamp, "w", encoding="ascii") as f:
             f.write(key)
         return []
-    return [(res.message or "apparmor_parser failed").replace(check, os.path.realpath(local))]
+    real = os.path.realpath(local)
+    if " at line " not in (res.message or ""):
+        located = _locate(store, profile, local, check)
+        if located:
+            return located
+    return [parser_message(res.message, check, real)]
+
+
+def _locate(store: Store, profile: str, local: str, check: str) -> list[str]:
+    """The parser named no line: compile the rules one by one to find it."""
+    from . import apparmor
+    from .localrules import parse_file
+
+    with open(local, encoding="utf-8", errors="surrogateescape") as f:
+        rules, _ = parse_file(f.read())
+    out = []
+    for rule in rules:
+        with open(check, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(f"#include <tunables/global>\nprofile {profile}-check {{\n"
+                    f"  {rule.text}\n}}\n")
+        try:
+            res = apparmor.compile_check(check, store.root)
+        finally:
+            os.unlink(check)
+        if not res.ok:
+            reason = res.message.split(": ", 1)[-1] if res.message else "rejected"
+            out.append(f"{os.path.realpath(local)}:{rule.line}: {reason}")
+    return out
+
+
+def parser_message(message: str, wrapper: str, local: str) -> str:
+    """The parser's complaint as ``file:line: reason`` where it says where."""
+    text = (message or "apparmor_parser failed").replace(wrapper, local)
+    head = "AppArmor parser error for "
+    if text.startswith(head) and " at line " in text:
+        where, _, reason = text.partition(": ")
+        path = where.split(" in profile ", 1)[-1].split(" at line ", 1)[0]
+        line = where.rsplit(" at line ", 1)[1]
+        return f"{path}:{line}: {reason}"
+    return f"{local}: {text}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,260 @@
+"""Denials grouped per VM, explained against the domain XML, turned into rules.
+
+Pure: records and facts in, plain values out.  The CLI feeds it records
+(from any source) and renders the result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..accesses import Rule
+from ..domain import Domain
+from ..paths import escape, restricted
+from .catalogue import KNOWN, Known
+
+FILE_OPS = frozenset({
+    "open", "file_mmap", "mknod", "link", "rename_src", "rename_dest", "truncate", "chmod",
+    "chown", "unlink", "mkdir", "rmdir", "getattr", "setattr", "file_lock", "file_inherit",
+    "file_perm", "exec", "file_receive", "connect", "create"})
+RISKY_CAPS = frozenset({"sys_admin", "sys_module", "sys_rawio", "net_admin", "sys_ptrace",
+                        "dac_override", "dac_read_search", "mac_admin", "mac_override"})
+
+
+def uuid_of(profile: str | None) -> str | None:
+    """``libvirt-<uuid>`` (or a child ``libvirt-<uuid>//x``) -> uuid, else None."""
+    if not profile or not profile.startswith("libvirt-"):
+        return None
+    head = profile[8:].split("//", 1)[0]
+    if len(head) != 36 or head.count("-") != 4:
+        return None
+    if not all(c in "0123456789abcdef-" for c in head):
+        return None
+    return head
+
+
+class Group:
+    """Records that are the same denial: same VM, operation, resource, permission, mode."""
+
+    __slots__ = ("child", "count", "event", "first", "flags", "last", "mode", "operation",
+                 "perms", "profile", "resource", "uuid")
+
+    def __init__(self, profile: str, mode: str, operation: str, resource: str,
+                 perms: str) -> None:
+        self.profile = profile
+        self.uuid = uuid_of(profile)
+        self.child = profile.split("//", 1)[1] if "//" in profile else None
+        self.mode = mode
+        self.operation = operation
+        self.resource = resource
+        self.perms = perms
+        self.count = 0
+        self.first: float | None = None
+        self.last: float | None = None
+        self.event: str | None = None          # one event id, for provenance
+        self.flags: dict[str, int] = {}
+
+    def add(self, when: float | None, event: str | None, flags: Iterable[str] = (),
+            n: int = 1) -> None:
+        self.count += n
+        if when is not None:
+            self.first = when if self.first is None else min(self.first, when)
+            self.last = when if self.last is None else max(self.last, when)
+        if self.event is None:
+            self.event = event
+        for f in flags:
+            self.flags[f] = self.flags.get(f, 0) + n
+
+    @property
+    def is_file(self) -> bool:
+        return self.operation in FILE_OPS and self.resource.startswith("/")
+
+    def to_dict(self, names: dict[str, str]) -> dict[str, Any]:
+        vm = names.get(self.uuid or "", self.profile.split("//", 1)[0])
+        return {"vm": vm, "profile": self.profile, "uuid": self.uuid, "child": self.child,
+                "operation": self.operation, "mode": self.mode, "resource": self.resource,
+                "perms": self.perms, "count": int(self.count),
+                "first_seen": _iso(self.first), "last_seen": _iso(self.last),
+                "event": self.event, "flags": dict(self.flags)}
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def resource_of(rec: Any) -> str:
+    """What a record is about: a path, a capability, a socket, a peer."""
+    f = rec.fields
+    op = rec.operation or ""
+    if op == "capable" or "capname" in f:
+        return f"capability {f.get('capname') or f.get('capability', '?')}"
+    if ("family" in f and op not in FILE_OPS) or (f.get("family") == "unix" and not rec.name):
+        parts = [f.get("family", ""), f.get("sock_type", ""), f.get("protocol", "")]
+        text = "network " + " ".join(p for p in parts if p)
+        if f.get("family") == "unix":
+            text = "unix " + " ".join(
+                f"{k}={f[k]}" for k in ("addr", "peer_addr", "peer") if k in f)
+        return text.strip()
+    if op == "signal":
+        return f"signal {f.get('signal', '?')} peer={f.get('peer', '?')}"
+    if op == "ptrace":
+        return f"ptrace peer={f.get('peer', '?')}"
+    if rec.source == "dbus" or "bus" in f:
+        return "dbus " + " ".join(f"{k}={f[k]}" for k in ("bus", "path", "interface", "member")
+                                  if k in f)
+    return rec.name or "?"
+
+
+def group_records(records: Iterable[Any], want: Callable[[Any], bool] | None = None
+                  ) -> dict[tuple[str, str, str, str, str], Group]:
+    """Group DENIED/ALLOWED records of libvirt guests (and their child profiles)."""
+    groups: dict[tuple[str, str, str, str, str], Group] = {}
+    for rec in records:
+        if rec.mode not in ("DENIED", "ALLOWED"):
+            continue
+        profile = rec.profile or rec.label
+        if uuid_of(profile) is None:
+            continue
+        if want is not None and not want(rec):
+            continue
+        assert profile is not None
+        mode = "denied" if rec.mode == "DENIED" else "allowed"
+        perms = rec.denied or rec.requested or ""
+        key = (profile, mode, rec.operation or "?", resource_of(rec), perms)
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = Group(*key)
+        g.add(rec.time, rec.event_id, rec.flags)
+    return groups
+
+
+# -- explain --------------------------------------------------------------------------------
+
+def _parent_dirs(path: str) -> list[str]:
+    out = []
+    cur = path.rstrip("/")
+    while "/" in cur.strip("/"):
+        cur = cur.rsplit("/", 1)[0]
+        out.append(cur or "/")
+    return out
+
+
+def _common(a: str, b: str) -> int:
+    """Number of leading path components two paths share."""
+    n = 0
+    for x, y in zip(a.strip("/").split("/"), b.strip("/").split("/"), strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _literal(rule_path: str) -> str:
+    """A generated rule's path without escapes or its trailing glob."""
+    from ..localrules import literal_prefix
+
+    text = literal_prefix(rule_path)
+    return text.rstrip("/") or "/"
+
+
+def explain(group: Group, dom: Domain | None, generated: list[Rule],
+            matches: Callable[[str, str], bool]) -> dict[str, Any]:
+    """Why this was denied: the XML element it belongs to (or not), a known gap, a risk."""
+    out: dict[str, Any] = {"element": None, "relation": "not named by the domain",
+                           "covered_by": None, "known": None, "risk": None}
+    res = group.resource
+    if group.is_file:
+        covering = [r for r in generated if not r.deny and matches(r.path, res)]
+        if covering:
+            r = covering[0]
+            out["covered_by"] = f'"{r.path}" {r.perms} ({r.origin})'
+            out["element"] = r.origin
+            missing = "".join(c for c in group.perms if c not in r.perms)
+            out["relation"] = (f"named by the domain ({r.origin}) with '{r.perms}', the "
+                               f"access needs '{missing or group.perms}'")
+            if r.deny_write and "w" in group.perms:
+                out["relation"] = (f"{r.origin} is read-only by design (backing files, "
+                                   f"read-only disks); a write to it is refused on purpose")
+        else:
+            best: tuple[int, Rule] | None = None
+            for r in generated:
+                if r.literal:
+                    continue
+                n = _common(_literal(r.path), res)
+                if n >= 2 and (best is None or n > best[0]):
+                    best = (n, r)
+            if best is not None:
+                r = best[1]
+                base = _literal(r.path)
+                kind = "directory" if r.dir_path is not None else "file"
+                out["element"] = r.origin
+                out["relation"] = (f"near {r.origin} ({kind} {base}), but outside it: the "
+                                   f"domain does not name {res}")
+        if restricted(res.rstrip("/") or "/", readonly="w" not in group.perms):
+            out["risk"] = ("sensitive host path (DESIGN §5 restricted list): do not allow it "
+                           "for a guest unless you know exactly why")
+        elif res.startswith("/dev/"):
+            out["risk"] = "a host device: allowing it gives the guest's QEMU raw access"
+    elif res.startswith("capability "):
+        cap = res.split()[1]
+        if cap in RISKY_CAPS:
+            out["risk"] = f"capability {cap} is broad: prefer fixing what QEMU needs it for"
+    known = find_known(group, matches)
+    if known is not None:
+        out["known"] = {"what": known.what, "fix": known.fix, "source": known.source}
+    return out
+
+
+def find_known(group: Group, matches: Callable[[str, str], bool]) -> Known | None:
+    for k in KNOWN:
+        if k.operation and k.operation != group.operation:
+            continue
+        if matches(k.pattern, group.resource):
+            return k
+    return None
+
+
+# -- suggest ---------------------------------------------------------------------------------
+
+FILE_PERM_LETTERS = "rwaklmx"
+
+
+def _perms_for_rule(perms: str, operation: str) -> str:
+    letters = "".join(c for c in FILE_PERM_LETTERS if c in perms)
+    if "x" in letters:
+        letters = letters.replace("x", "") + "ix"   # exec stays confined: inherit
+    if operation == "file_mmap" and "m" not in letters:
+        letters += "m"
+    return letters or "r"
+
+
+def proposals(group: Group) -> list[dict[str, Any]]:
+    """Candidate rules, narrowest first; restricted targets get none."""
+    if group.is_file:
+        path = group.resource
+        perms = _perms_for_rule(group.perms, group.operation)
+        readonly = not set(perms) & set("wal")
+        if restricted(path.rstrip("/") or "/", readonly):
+            return []
+        parent = path.rstrip("/").rsplit("/", 1)[0] or "/"
+        esc = escape(path)
+        out = [{"kind": "exact", "rule": f'"{esc}" {perms},'}]
+        if parent != "/" and not restricted(parent, readonly, recursive=True):
+            out.append({"kind": "same directory",
+                        "rule": f'"{escape(parent)}/*" {perms},'})
+            out.append({"kind": "subtree", "rule": f'"{escape(parent)}/**" {perms},'})
+        out.append({"kind": "owner only", "rule": f'owner "{esc}" {perms},'})
+        return out
+    if group.resource.startswith("capability "):
+        cap = group.resource.split()[1]
+        if not cap.replace("_", "").isalnum():
+            return []
+        return [{"kind": "exact", "rule": f"capability {cap},"}]
+    if group.resource.startswith("network "):
+        words = [w for w in group.resource.split()[1:] if w.replace("_", "").isalnum()]
+        if not words:
+            return []
+        return [{"kind": "exact", "rule": f"network {' '.join(words[:2])},"}]
+    return []
