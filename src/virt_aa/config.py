@@ -4,6 +4,12 @@
     # "refuse" the start (default), or start with the "stock" profile, i.e.
     # without any per-VM rules -- never a wider one.
     on_broken_rules = "refuse"
+    # a named policy a domain's metadata asks for is missing here or differs:
+    # "refuse" the start or incoming migration (default), or "warn" and go on
+    # without it
+    on_policy_mismatch = "refuse"
+    # complain mode asked for by a domain's metadata is honoured only if true
+    metadata_complain = false
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ ON_BROKEN = ("refuse", "stock")
 
 
 class Config:
-    __slots__ = ("on_broken_rules",)
+    __slots__ = ("metadata_complain", "on_broken_rules", "on_policy_mismatch")
 
-    def __init__(self, on_broken_rules: str = "refuse") -> None:
+    def __init__(self, on_broken_rules: str = "refuse", on_policy_mismatch: str = "refuse",
+                 metadata_complain: bool = False) -> None:
         self.on_broken_rules = on_broken_rules
+        self.on_policy_mismatch = on_policy_mismatch   # refuse | warn
+        self.metadata_complain = metadata_complain     # honour complain asked by metadata
 
 
 def load(store: Store) -> Config:
@@ -36,4 +45,11 @@ def load(store: Store) -> Config:
     value = data.get("on_broken_rules", "refuse")
     if value not in ON_BROKEN:
         raise StoreError(f"{path}: on_broken_rules must be one of {', '.join(ON_BROKEN)}")
-    return Config(on_broken_rules=value)
+    mismatch = data.get("on_policy_mismatch", "refuse")
+    if mismatch not in ("refuse", "warn"):
+        raise StoreError(f"{path}: on_policy_mismatch must be refuse or warn")
+    complain = data.get("metadata_complain", False)
+    if not isinstance(complain, bool):
+        raise StoreError(f"{path}: metadata_complain must be true or false")
+    return Config(on_broken_rules=value, on_policy_mismatch=mismatch,
+                  metadata_complain=complain)

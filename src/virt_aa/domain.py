@@ -10,6 +10,7 @@ exactly where the stock one does.
 
 from __future__ import annotations
 
+from .policies import Meta, PolicyError, find_metadata, parse_metadata
 from .xmlsafe import Node, XMLError, parse
 
 # libvirt's enums (9.0.0).  An attribute outside these makes libvirt's parser
@@ -198,7 +199,8 @@ class Domain:
 
     __slots__ = ("arch", "channels", "consoles", "disks", "dtb", "filesystems", "fwcfg_files",
                  "graphics", "hostdevs", "id", "initrd", "inputs", "interfaces", "kernel",
-                 "loader", "loader_readonly", "name", "nvdimms", "nvram", "os_type",
+                 "loader", "loader_readonly", "meta", "meta_error", "name", "nvdimms",
+                 "nvram", "os_type",
                  "parallels", "serials", "shmems", "slic_table", "smartcards", "tpms", "uuid",
                  "virt_type")
 
@@ -243,6 +245,8 @@ class Domain:
         self.shmems = shmems
         self.tpms = tpms
         self.smartcards = smartcards
+        self.meta: Meta | None = None        # virt-aa's <metadata> (named policies, mode)
+        self.meta_error: str | None = None   # why that metadata was refused
 
     @property
     def profile_name(self) -> str:
@@ -657,7 +661,7 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
             if entry.get("file") is not None:
                 fwcfg.append(entry.get("file") or "")
 
-    return Domain(
+    dom = Domain(
         name=name, uuid=uuid, virt_type=virt_type, os_type=os_type, arch=arch, id=dom_id,
         disks=tuple(disks), serials=tuple(serials), consoles=tuple(consoles),
         parallels=tuple(parallels), channels=tuple(channels), kernel=kernel,
@@ -667,6 +671,13 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
         filesystems=tuple(filesystems), inputs=tuple(inputs), interfaces=tuple(interfaces),
         nvdimms=tuple(nvdimms), fwcfg_files=tuple(fwcfg), shmems=tuple(shmems),
         tpms=tuple(tpms), smartcards=tuple(smartcards))
+    ours = find_metadata(root.find("metadata"), root)
+    if ours is not None:
+        try:
+            dom.meta = parse_metadata(ours)
+        except PolicyError as exc:
+            dom.meta_error = str(exc)
+    return dom
 
 
 _EMPTY = Node("devices", {})

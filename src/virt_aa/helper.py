@@ -346,8 +346,14 @@ def _write_and_load(opts: Options, out: Output, prog: str, store: Store, dom: Do
         unlink_quiet(files)
         raise Fail(("error", "profile does not exist"))
     previous = read_text(profile) if exists else None
+    files_, mode, refusals = vmprofile.policy_files(store, dom)
+    if refusals:
+        unlink_quiet(files)
+        raise Fail(*(("error", r) for r in refusals),
+                   ("error", "refusing to load the profile: named policies do not match"))
     try:
-        text = vmprofile.render(store, opts.uuid, dom.virt_type, with_local)
+        text = vmprofile.render(store, opts.uuid, dom.virt_type, with_local, mode,
+                                tuple(files_))
         vmprofile.ensure_local(store, opts.uuid)
         if text != previous:
             write_atomic(profile, text.encode("utf-8", "surrogateescape"))

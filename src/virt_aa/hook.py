@@ -77,7 +77,14 @@ def prepare(xml: bytes, name: str, root: str) -> int:
             with_local = False
             os.write(2, f"{PROG}: warning: starting {dom.name} with the stock profile, "
                         f"without its broken per-VM rules\n".encode())
-        text = vmprofile.render(store, profile, dom.virt_type, with_local)
+        files, mode, refusals = vmprofile.policy_files(store, dom)
+        if refusals:
+            for p in refusals:
+                _err(p)
+            return _err(f"refusing to start {dom.name}: its named policies do not match "
+                        f"this host (install them, or set on_policy_mismatch = \"warn\")")
+        text = vmprofile.render(store, profile, dom.virt_type, with_local, mode,
+                                tuple(files))
         vmprofile.ensure_local(store, profile)
         path = store.profile(profile)
         if read_text(path) != text:
@@ -177,6 +184,22 @@ def parser_message(message: str, wrapper: str, local: str) -> str:
     return f"{local}: {text}"
 
 
+def check_incoming(xml: bytes, root: str) -> str | None:
+    """An incoming migration: refuse it if its named policies are not here."""
+    from . import vmprofile
+    from .domain import DomainError, parse_domain
+    from .store import Store
+
+    try:
+        dom = parse_domain(xml)
+    except DomainError as exc:
+        return "cannot read the domain XML: " + "; ".join(m for _, m in exc.lines)
+    _files, _mode, refusals = vmprofile.policy_files(Store(root), dom)
+    if refusals:
+        return "; ".join(refusals) + " -- refusing the incoming migration"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     root = os.environ.get("VIRT_AA_ROOT") or "/"
@@ -188,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     name, op, sub, _extra = args
     try:
         data = _read_stdin()  # always drained: libvirt writes the XML to every hook
+        if op == "migrate" and sub == "begin":
+            refusal = check_incoming(data, root)
+            if refusal:
+                return _err(refusal)
         if op in FILTERS and sub == "begin":
             view = memoryview(data)
             while view:

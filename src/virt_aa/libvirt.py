@@ -76,3 +76,27 @@ def running_domains(conn: Any) -> list[Any]:
     lv = _module()
     flag = getattr(lv, "VIR_CONNECT_LIST_DOMAINS_ACTIVE", 1)
     return list(conn.listAllDomains(flag))
+
+
+def set_metadata(dom: Any, element: str | None) -> None:
+    """Store (or, with None, remove) virt-aa's <metadata> element, persistent and live."""
+    from .policies import NS, PREFIX
+
+    lv = _module()
+    kind = lv.VIR_DOMAIN_METADATA_ELEMENT
+    config = getattr(lv, "VIR_DOMAIN_AFFECT_CONFIG", 2)
+    live = getattr(lv, "VIR_DOMAIN_AFFECT_LIVE", 1)
+    attempts = [config | live, config] if dom.isActive() else [config]
+    if dom.isActive():
+        attempts.append(live)                  # a transient domain has no config
+    last: Exception | None = None
+    for flags in attempts:
+        try:
+            if element is None:
+                dom.setMetadata(kind, None, None, NS, flags)
+            else:
+                dom.setMetadata(kind, element, PREFIX, NS, flags)
+            return
+        except lv.libvirtError as exc:
+            last = exc
+    raise LibvirtError(f"cannot set the metadata of {dom.name()}: {last}")

@@ -109,8 +109,12 @@ def apply_live(store: Store, vm: VM) -> str:
     old = read_text(path)
     if old is None:
         return "no profile on disk yet: it takes effect when the VM starts"
+    files, mode, refusals = vmprofile.policy_files(store, vm.dom)
+    if refusals:
+        raise ManageError("; ".join(refusals))
     try:
-        new = vmprofile.render(store, vm.profile, vm.dom.virt_type)
+        new = vmprofile.render(store, vm.profile, vm.dom.virt_type, mode=mode,
+                               policies=tuple(files))
         vmprofile.ensure_local(store, vm.profile)
     except TemplateError as exc:
         raise ManageError(f"{store.template(vm.dom.virt_type)}: {exc}") from None
@@ -308,10 +312,7 @@ def profile_status(store: Store, vm: VM) -> dict[str, Any]:
     """Whether P is on disk, current, and loaded."""
     path = store.profile(vm.profile)
     on_disk = read_text(path)
-    try:
-        expected = vmprofile.render(store, vm.profile, vm.dom.virt_type)
-    except TemplateError:
-        expected = None
+    expected = vmprofile.expected(store, vm.dom)
     loaded_set = apparmor.loaded_profiles()
     return {
         "path": path,

@@ -9,7 +9,6 @@ from . import apparmor, vmprofile
 from .domain import DomainError, parse_domain
 from .fsutil import read_text, unlink_quiet
 from .localrules import parse_file
-from .profile import TemplateError
 from .store import Store
 
 STATES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutting down",
@@ -55,8 +54,8 @@ def collect(store: Store, uri: str | None) -> dict[str, Any]:
         if on_disk is not None:
             try:
                 dom = parse_domain(d.XMLDesc(0).encode())
-                row["current"] = on_disk == vmprofile.render(store, profile, dom.virt_type)
-            except (DomainError, TemplateError):
+                row["current"] = on_disk == vmprofile.expected(store, dom)
+            except DomainError:
                 row["current"] = False
         rows.append(row)
     rows.sort(key=lambda r: r["name"])

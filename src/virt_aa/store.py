@@ -6,6 +6,7 @@ Layout (relative to ``--root``, default ``/``):
 * ``etc/apparmor.d/libvirt/libvirt-<uuid>.files``  generated device rules F
 * ``etc/apparmor.d/local/libvirt-<uuid>``          per-VM rules (AppArmor syntax)
 * ``etc/virt-aa/domains/<uuid>.conf``              per-VM settings (``key = value``)
+* ``etc/virt-aa/policies/<name>``                   named policies (per-VM rule syntax)
 * ``var/lib/virt-aa/history/<uuid>.jsonl``         every change, one JSON object a line
 * ``var/lib/virt-aa/lock``                         serialises commands and VM starts
 
@@ -52,6 +53,9 @@ class Store:
 
     def history_path(self, uuid: str) -> str:
         return self.path(f"var/lib/virt-aa/history/{uuid}.jsonl")
+
+    def policy(self, name: str) -> str:
+        return self.path(f"etc/virt-aa/policies/{name}")
 
     def config_path(self) -> str:
         return self.path("etc/virt-aa/config.toml")

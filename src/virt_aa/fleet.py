@@ -1,0 +1,272 @@
+"""Named policies on a host, their attachment to VMs, and the host's whole state
+as one document (export/import) -- the pieces fleets are managed with.
+
+The library API here is what the CLI verbs and the Ansible modules call.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .fsutil import read_text, write_atomic
+from .localrules import grants_restricted, parse_file, parse_rule
+from .manage import VM, ManageError, apply_live, compile_rules, invoking_user, now
+from .policies import Meta, Ref, digest, render_metadata, valid_name
+from .store import Store, StoreError
+
+HOST_HISTORY = "var/lib/virt-aa/history/host.jsonl"
+
+
+def _record(store: Store, rec: dict[str, Any]) -> None:
+    import json
+
+    path = store.path(HOST_HISTORY)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec, sort_keys=True) + "\n")
+
+
+def list_policies(store: Store) -> list[dict[str, Any]]:
+    d = store.path("etc/virt-aa/policies")
+    try:
+        names = sorted(n for n in os.listdir(d) if valid_name(n))
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        text = read_text(os.path.join(d, n), 1 << 20) or ""
+        rules, problems = parse_file(text)
+        out.append({"name": n, "sha256": digest(text), "rules": len(rules),
+                    "problems": len(problems), "path": os.path.join(d, n)})
+    return out
+
+
+def show_policy(store: Store, name: str) -> dict[str, Any]:
+    if not valid_name(name):
+        raise ManageError(f"invalid policy name {name!r} (a-z 0-9 . _ -)")
+    text = read_text(store.policy(name), 1 << 20)
+    if text is None:
+        raise ManageError(f"no policy {name!r} on this host (see `virt-aa policy list`)")
+    return {"name": name, "sha256": digest(text), "text": text, "path": store.policy(name)}
+
+
+def check_policy_text(store: Store, text: str, force: bool = False) -> None:
+    """A policy is checked like per-VM rules: grammar, policy, the real parser."""
+    rules, problems = parse_file(text)
+    if problems:
+        line, why = problems[0]
+        raise ManageError(f"line {line}: {why}")
+    if not rules:
+        raise ManageError("the policy has no rules")
+    for r in rules:
+        if grants_restricted(parse_rule(r.text)) and not force:
+            raise ManageError(f"rule {r.text!r} grants a restricted path; add --force if you "
+                              f"mean it")
+    problem = compile_rules(store, [r.text for r in rules])
+    if problem:
+        raise ManageError(f"apparmor_parser refused the policy: {problem}")
+
+
+def add_policy(store: Store, name: str, text: str, force: bool = False) -> dict[str, Any]:
+    """Install or replace a policy; ``changed`` is False when the content is the same."""
+    if not valid_name(name):
+        raise ManageError(f"invalid policy name {name!r} (a-z 0-9 . _ -, at most 64)")
+    if text and not text.endswith("\n"):
+        text += "\n"
+    with store:
+        old = read_text(store.policy(name), 1 << 20)
+        if old == text:
+            return {"name": name, "sha256": digest(text), "changed": False}
+        check_policy_text(store, text, force)
+        try:
+            os.makedirs(os.path.dirname(store.policy(name)), exist_ok=True)
+            write_atomic(store.policy(name), text.encode("utf-8", "surrogateescape"))
+        except OSError as exc:
+            raise StoreError(f"cannot write {store.policy(name)}: {exc.strerror}") from None
+        _record(store, {"time": now(), "user": invoking_user(),
+                        "action": "policy-add" if old is None else "policy-update",
+                        "policy": name, "sha256": digest(text)})
+    return {"name": name, "sha256": digest(text), "changed": True, "previous": old}
+
+
+def remove_policy(store: Store, name: str) -> dict[str, Any]:
+    if not valid_name(name):
+        raise ManageError(f"invalid policy name {name!r}")
+    with store:
+        path = store.policy(name)
+        if not os.path.exists(path):
+            return {"name": name, "changed": False}
+        os.unlink(path)
+        _record(store, {"time": now(), "user": invoking_user(), "action": "policy-remove",
+                        "policy": name})
+    return {"name": name, "changed": True}
+
+
+def attached(vm: VM) -> Meta:
+    return vm.dom.meta or Meta()
+
+
+def with_policy(meta: Meta, ref: Ref | None, drop: str | None = None) -> Meta:
+    refs = [r for r in meta.refs if r.name not in (drop, ref.name if ref else None)]
+    if ref is not None:
+        refs.append(ref)
+    return Meta(tuple(refs), meta.mode)
+
+
+def metadata_xml(meta: Meta) -> str | None:
+    return render_metadata(meta) if meta.refs or meta.mode else None
+
+
+def set_offline(xml_path: str, element: str | None) -> None:
+    """Replace virt-aa's element in an XML file's <metadata> (offline domains)."""
+    import xml.etree.ElementTree as ET
+
+    from .policies import NS
+    from .xmlsafe import parse
+
+    with open(xml_path, "rb") as f:
+        data = f.read()
+    parse(data)                                   # refuses DTDs/entities first
+    ET.register_namespace("virtaa", NS)
+    root = ET.fromstring(data)
+    meta = root.find("metadata")
+    if meta is None:
+        meta = ET.SubElement(root, "metadata")
+    for child in list(meta):
+        if child.tag.startswith("{" + NS + "}"):
+            meta.remove(child)
+    if element is not None:
+        meta.append(ET.fromstring(element))
+    if not len(meta):
+        root.remove(meta)
+    write_atomic(xml_path, ET.tostring(root, encoding="unicode").encode() + b"\n",
+                 os.stat(xml_path).st_mode & 0o777)
+
+
+def attach(store: Store, vm: VM, name: str, setter: Any) -> dict[str, Any]:
+    """Reference the host's policy ``name`` (by hash) from the VM's metadata, apply live.
+
+    ``setter(element_xml | None)`` stores the metadata (libvirt, or the XML file).
+    """
+    info = show_policy(store, name)
+    meta = attached(vm)
+    ref = Ref(name, info["sha256"])
+    if ref in meta.refs:
+        return {"domain": vm.dom.name, "policy": name, "changed": False,
+                "status": "already attached"}
+    new = with_policy(meta, ref)
+    setter(metadata_xml(new))
+    vm.dom.meta = new
+    with store:
+        status = apply_live(store, vm)
+        store.append_history(vm.uuid, {"time": now(), "user": invoking_user(),
+                                       "action": "attach", "policy": name,
+                                       "sha256": info["sha256"], "domain": vm.dom.name})
+    return {"domain": vm.dom.name, "policy": name, "sha256": info["sha256"],
+            "changed": True, "status": status}
+
+
+def detach(store: Store, vm: VM, name: str, setter: Any) -> dict[str, Any]:
+    meta = attached(vm)
+    if name not in {r.name for r in meta.refs}:
+        return {"domain": vm.dom.name, "policy": name, "changed": False,
+                "status": "not attached"}
+    new = with_policy(meta, None, drop=name)
+    setter(metadata_xml(new))
+    vm.dom.meta = new
+    with store:
+        status = apply_live(store, vm)
+        store.append_history(vm.uuid, {"time": now(), "user": invoking_user(),
+                                       "action": "detach", "policy": name,
+                                       "domain": vm.dom.name})
+    return {"domain": vm.dom.name, "policy": name, "changed": True, "status": status}
+
+
+# -- export / import -------------------------------------------------------------------------
+
+def export_state(store: Store) -> dict[str, Any]:
+    """Policies, per-VM rules, modes and history as one JSON-able document."""
+    doc: dict[str, Any] = {"format": "virt-aa-state", "version": 1,
+                           "host": os.uname().nodename, "exported": now(),
+                           "policies": {p["name"]: show_policy(store, p["name"])["text"]
+                                        for p in list_policies(store)},
+                           "domains": {}}
+    uuids = set()
+    for rel in ("etc/virt-aa/domains", "etc/apparmor.d/local"):
+        try:
+            names = os.listdir(store.path(rel))
+        except OSError:
+            continue
+        for n in names:
+            u = n[:-5] if n.endswith(".conf") else n[8:] if n.startswith("libvirt-") else ""
+            if len(u) == 36:
+                uuids.add(u)
+    for u in sorted(uuids):
+        settings = store.settings(u)
+        doc["domains"][u] = {"name": settings.get("name", ""),
+                             "mode": settings.get("mode", "enforce"),
+                             "rules": store.read_local(f"libvirt-{u}") or "",
+                             "history": store.history(u)}
+    return doc
+
+
+def plan_import(store: Store, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """What importing ``doc`` would change here: one entry per item, with a diff."""
+    import difflib
+
+    if doc.get("format") != "virt-aa-state" or doc.get("version") != 1:
+        raise ManageError("not a virt-aa state document (format virt-aa-state, version 1)")
+    changes = []
+
+    def diff(old: str, new: str, label: str) -> str:
+        return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                            f"{label} (here)", f"{label} (document)"))
+
+    for name, text in sorted(doc.get("policies", {}).items()):
+        if not isinstance(text, str) or not valid_name(name):
+            raise ManageError(f"policy {name!r}: invalid entry")
+        old = read_text(store.policy(name), 1 << 20)
+        if old != text:
+            changes.append({"kind": "policy", "name": name, "diff": diff(old or "", text,
+                                                                         f"policy {name}")})
+    for uuid, d in sorted(doc.get("domains", {}).items()):
+        if len(uuid) != 36 or not isinstance(d, dict):
+            raise ManageError(f"domain {uuid!r}: invalid entry")
+        old_rules = store.read_local(f"libvirt-{uuid}") or ""
+        if d.get("rules", "") != old_rules:
+            changes.append({"kind": "rules", "uuid": uuid, "name": d.get("name"),
+                            "diff": diff(old_rules, d.get("rules", ""), f"rules {uuid}")})
+        if d.get("mode", "enforce") != store.mode(uuid):
+            changes.append({"kind": "mode", "uuid": uuid, "name": d.get("name"),
+                            "diff": f"mode {store.mode(uuid)} -> {d.get('mode')}"})
+    return changes
+
+
+def apply_import(store: Store, doc: dict[str, Any], force: bool = False) -> list[dict[str, Any]]:
+    """Make this host's state match ``doc`` (checked like every change); idempotent."""
+    changes = plan_import(store, doc)
+    for c in changes:
+        if c["kind"] == "policy":
+            add_policy(store, c["name"], doc["policies"][c["name"]], force)
+    with store:
+        for c in changes:
+            if c["kind"] == "rules":
+                text = doc["domains"][c["uuid"]]["rules"]
+                rules, problems = parse_file(text)
+                if problems:
+                    raise ManageError(f"rules of {c['uuid']}: line {problems[0][0]}: "
+                                      f"{problems[0][1]}")
+                problem = compile_rules(store, [r.text for r in rules]) if rules else None
+                if problem:
+                    raise ManageError(f"rules of {c['uuid']}: {problem}")
+                store.write_local(f"libvirt-{c['uuid']}", text)
+            elif c["kind"] == "mode":
+                d = doc["domains"][c["uuid"]]
+                settings = store.settings(c["uuid"])
+                store.write_settings(c["uuid"], {**settings, "name": d.get("name", ""),
+                                                 "mode": d["mode"]})
+        if changes:
+            _record(store, {"time": now(), "user": invoking_user(), "action": "import",
+                            "changes": len(changes), "from": doc.get("host")})
+    return changes
