@@ -264,9 +264,13 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import collect, render
+    from .status import collect, drift, render, render_drift
 
     result = collect(_store(args), args.connect)
+    if args.drift:
+        found = drift(result)
+        _emit(args, found, render_drift(found))
+        return 1 if found["drift"] else 0
     return _emit(args, result, render(result))
 
 
@@ -300,6 +304,313 @@ def cmd_man(args: argparse.Namespace) -> int:
 
     sys.stdout.write(man_page(build_parser()))
     return 0
+
+
+# -- denials ----------------------------------------------------------------------------------
+
+def _log_domain(args: argparse.Namespace) -> tuple[str | None, VM | None]:
+    """The domain to filter on: its UUID, and the VM when libvirt or --xml gives it."""
+    ref = getattr(args, "domain", None)
+    if getattr(args, "xml", None):
+        vm = _vm(args, None)
+        return vm.uuid, vm
+    if not ref:
+        return None, None
+    from .denials.report import uuid_of
+
+    text = ref[8:] if ref.startswith("libvirt-") else ref
+    if uuid_of("libvirt-" + text.lower()) is not None and args.file and not args.connect:
+        return text.lower(), None        # offline: a UUID needs no libvirt
+    vm = _vm(args, ref)
+    return vm.uuid, vm
+
+
+def _denial_scan(args: argparse.Namespace) -> tuple[Any, str | None, VM | None,
+                                                    dict[str, str]]:
+    from .denials import commands as dc
+    from .denials.sources import SourceError
+
+    uuid, vm = _log_domain(args)
+    try:
+        found = dc.scan(args, dc.for_domain(uuid))
+    except SourceError as exc:
+        raise CliError(str(exc)) from None
+    uuids = {g.uuid for g in found.groups.values() if g.uuid}
+    uri = args.connect if (args.connect or not args.file) else None
+    names = dc.vm_names(_store(args), uuids, uri)
+    if vm is not None:
+        names[vm.uuid] = vm.dom.name
+    return found, uuid, vm, names
+
+
+def cmd_denials(args: argparse.Namespace) -> int:
+    from .denials import commands as dc
+
+    found, _, _, names = _denial_scan(args)
+    rows = dc.group_dicts(found.groups.values(), names)
+    warnings = dc.honesty(found, _store(args), {g.profile.split("//")[0]
+                                                for g in found.groups.values()})
+    result = {"source": found.kind, "records": found.records, "groups": rows,
+              "warnings": warnings}
+    lines = []
+    current = None
+    for r in rows:
+        if r["vm"] != current:
+            current = r["vm"]
+            lines.append(f"{current} ({r['profile'].split('//')[0]})")
+        child = f" [{r['child']}]" if r["child"] else ""
+        lines.append(f"  {r['count']:>7}  {r['mode']:<7} {r['operation']:<12} "
+                     f"{r['perms'] or '-':<5} {r['resource']}{child}  "
+                     f"({r['first_seen'] or '?'} .. {r['last_seen'] or '?'})")
+    lines += [f"warning: {w}" for w in warnings]
+    return _emit(args, result, "\n".join(lines) or "no AppArmor denials of libvirt guests")
+
+
+def _generated(vm: VM) -> list[Any]:
+    from .accesses import GenerationError, fixed_rules, generate
+    from .hostfacts import SystemHost
+
+    try:
+        gen = generate(vm.dom, SystemHost())
+    except GenerationError as exc:
+        raise CliError(f"{vm.dom.name}: " + "; ".join(exc.lines)) from None
+    return (fixed_rules(vm.dom) if vm.dom.is_qemu else []) + gen.rules
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .denials import commands as dc
+    from .denials.report import explain
+
+    found, _, vm, names = _denial_scan(args)
+    matches = dc.matcher()
+    generated = _generated(vm) if vm is not None else []
+    out = []
+    lines = []
+    groups = sorted(found.groups.values(), key=lambda g: (-g.count, g.resource))
+    for g in groups:
+        why = explain(g, vm.dom if vm else None, generated, matches)
+        row = {**g.to_dict(names), "explanation": why}
+        out.append(row)
+        lines.append(f"{row['vm']}: {g.mode} {g.operation} {g.perms or ''} {g.resource} "
+                     f"(x{g.count})")
+        lines.append(f"    {why['relation']}" if vm else
+                     "    (name the domain to relate this to its XML)")
+        if why["covered_by"]:
+            lines.append(f"    rule: {why['covered_by']}")
+        if why["known"]:
+            lines.append(f"    known: {why['known']['what']}")
+            lines.append(f"    fix:   {why['known']['fix']}  [{why['known']['source']}]")
+        if why["risk"]:
+            lines.append(f"    risk:  {why['risk']}")
+    return _emit(args, {"groups": out}, "\n".join(lines) or "no denials to explain")
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from .denials import commands as dc
+    from .manage import allow
+
+    found, _, vm, names = _denial_scan(args)
+    if vm is None:
+        raise CliError("suggest needs the domain (name, UUID or id via libvirt, or --xml)")
+    matches = dc.matcher()
+    items = []
+    for g in sorted(found.groups.values(), key=lambda g: (-g.count, g.resource)):
+        props = dc.proposals_for(g, matches)
+        items.append({"denial": g.to_dict(names), "proposals": props})
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not args.json
+    chosen: list[tuple[str, dict[str, Any]]] = []
+    for item in items:
+        props = item["proposals"]
+        d = item["denial"]
+        if not props:
+            item["skipped"] = "no rule proposed (restricted or not a file/capability/network)"
+            continue
+        if interactive:
+            choice = _review(d, props)
+            if choice is not None:
+                chosen.append((choice, d))
+        else:
+            chosen.append((props[0]["rule"], d))
+    result: dict[str, Any] = {"domain": vm.dom.name, "suggestions": items, "applied": []}
+    if args.apply or (interactive and chosen and _confirm(len(chosen))):
+        store = _store(args)
+        for rule, d in chosen:
+            res = allow(store, vm, [rule], comment=f"from denial: {d['operation']} "
+                        f"{d['resource']} x{d['count']}", denial=d["event"] or "")
+            result["applied"].extend(res["added"])
+    lines = []
+    for item in items:
+        d = item["denial"]
+        lines.append(f"{d['mode']} {d['operation']} {d['perms']} {d['resource']} "
+                     f"(x{d['count']})")
+        for p in item["proposals"]:
+            lines.append(f"    {p['kind']:<15} {p['rule']}"
+                         + ("" if p["covers"] else "   (would NOT cover it)"))
+        if "skipped" in item:
+            lines.append(f"    {item['skipped']}")
+    lines += [f"applied [{r['id']}] {r['rule']}" for r in result["applied"]]
+    if not args.apply and not interactive:
+        lines.append("(nothing stored: review, then run with --apply to store the first "
+                     "proposal of each)")
+    return _emit(args, result, "\n".join(lines) or "nothing to suggest")
+
+
+def _review(d: dict[str, Any], props: list[dict[str, Any]]) -> str | None:
+    print(f"\n{d['vm']}: {d['mode']} {d['operation']} {d['perms']} {d['resource']} "
+          f"(x{d['count']})")
+    for i, p in enumerate(props, 1):
+        print(f"  [{i}] {p['kind']:<15} {p['rule']}")
+    while True:
+        answer = input("accept [1-9], s(kip), d(eny quietly), q(uit)? ").strip().lower()
+        if answer in ("s", ""):
+            return None
+        if answer == "q":
+            raise KeyboardInterrupt
+        if answer == "d":
+            return "deny " + str(props[0]["rule"])
+        if answer.isdigit() and 1 <= int(answer) <= len(props):
+            return str(props[int(answer) - 1]["rule"])
+
+
+def _confirm(n: int) -> bool:
+    return input(f"store {n} rule(s)? [y/N] ").strip().lower() in ("y", "yes")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .checkaccess import CheckError, check
+
+    domain, rest = _split_domain(args, args.items)
+    if not 1 <= len(rest) <= 2 or not rest[0].startswith("/"):
+        raise CliError("usage: virt-aa check DOMAIN PATH [PERMS] (an absolute path)")
+    args.path, args.perms = rest[0], (rest[1] if len(rest) > 1 else "r")
+    vm = _vm(args, domain)
+    try:
+        result = check(_store(args), vm, _generated(vm), args.path, args.perms)
+    except CheckError as exc:
+        raise CliError(str(exc)) from None
+    verdict = "ALLOWED" if result["allowed"] else "DENIED"
+    lines = [f"{vm.dom.name}: {args.perms} {args.path}: {verdict}"]
+    lines += [f"  allow: {r}" for r in result["allow_rules"]]
+    lines += [f"  deny:  {r}" for r in result["deny_rules"]]
+    if result["missing"]:
+        lines.append(f"  missing permission(s): {result['missing']}")
+    _emit(args, result, "\n".join(lines))
+    return 0 if result["allowed"] else 2
+
+
+# -- fleets -------------------------------------------------------------------------------------
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from . import fleet
+
+    store = _store(args)
+    if args.action == "list":
+        rows = fleet.list_policies(store)
+        return _emit(args, {"policies": rows},
+                     "\n".join(f"{r['name']:<24} {r['sha256'][:12]}  {r['rules']} rule(s)"
+                               + (f"  {r['problems']} BROKEN" if r["problems"] else "")
+                               for r in rows) or "no policies installed")
+    if not args.name:
+        raise CliError(f"policy {args.action} needs a NAME")
+    if args.action == "show":
+        info = fleet.show_policy(store, args.name)
+        return _emit(args, info, f"# {info['name']}  sha256 {info['sha256']}\n{info['text']}")
+    if args.action == "remove":
+        res = fleet.remove_policy(store, args.name)
+        return _emit(args, res, f"removed {args.name}" if res["changed"] else
+                     f"no policy {args.name}: nothing to do")
+    source = args.file or "-"
+    if source == "-":
+        text = sys.stdin.read()
+    else:
+        text = _read_xml(source).decode("utf-8", "surrogateescape")
+    res = fleet.add_policy(store, args.name, text, args.force)
+    return _emit(args, {k: v for k, v in res.items() if k != "previous"},
+                 f"{'installed' if res['changed'] else 'unchanged'}: {args.name} "
+                 f"sha256 {res['sha256']}")
+
+
+def _vm_setter(args: argparse.Namespace, domain: str | None) -> tuple[VM, Any]:
+    """The VM and a function that stores its virt-aa metadata."""
+    from . import fleet
+
+    if getattr(args, "xml", None):
+        path = args.xml
+        return _vm(args, None), lambda element: fleet.set_offline(path, element)
+    if not domain:
+        raise CliError("name a domain (name, UUID or id), or give --xml FILE")
+    from . import libvirt as lv
+
+    try:
+        conn = lv.connect(args.connect, readonly=False)
+        dom = lv.lookup(conn, domain)
+        vm = vm_from_xml(lv.domain_xml(dom), lv.is_running(dom), f"domain {domain}")
+    except lv.LibvirtError as exc:
+        raise CliError(str(exc)) from None
+
+    def setter(element: str | None) -> None:
+        try:
+            lv.set_metadata(dom, element)
+        except lv.LibvirtError as exc:
+            raise CliError(str(exc)) from None
+
+    return vm, setter
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from . import fleet
+
+    domain, rest = _split_domain(args, args.items)
+    if len(rest) != 1:
+        raise CliError(f"usage: virt-aa {args.command} DOMAIN POLICY")
+    vm, setter = _vm_setter(args, domain)
+    store = _store(args)
+    fn = fleet.attach if args.command == "attach" else fleet.detach
+    res = fn(store, vm, rest[0], setter)
+    return _emit(args, res, f"{vm.dom.name}: {args.command} {rest[0]}: "
+                            f"{'done' if res['changed'] else 'nothing to do'}; {res['status']}")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import fleet
+
+    doc = fleet.export_state(_store(args))
+    text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    if args.output and args.output != "-":
+        from .fsutil import write_atomic
+
+        write_atomic(args.output, text.encode())
+        print(f"exported {len(doc['policies'])} policies and {len(doc['domains'])} domains "
+              f"to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from . import fleet
+
+    try:
+        doc = json.loads(_read_xml(args.file).decode() if args.file != "-" else sys.stdin.read())
+    except ValueError as exc:
+        raise CliError(f"{args.file}: not JSON: {exc}") from None
+    store = _store(args)
+    changes = fleet.plan_import(store, doc)
+    text = "\n".join(f"== {c['kind']} {c.get('name') or c.get('uuid')}\n{c['diff']}"
+                     for c in changes) or "nothing to import: this host already matches"
+    if not changes or args.dry_run:
+        return _emit(args, {"changes": changes, "applied": False}, text)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(text)
+            raise CliError(f"{len(changes)} change(s) shown above: confirm with --yes")
+        print(text)
+        if input(f"apply {len(changes)} change(s)? [y/N] ").strip().lower() not in ("y", "yes"):
+            return _emit(args, {"changes": changes, "applied": False}, "nothing changed")
+    fleet.apply_import(store, doc, args.force)
+    return _emit(args, {"changes": changes, "applied": True},
+                 text + f"\napplied {len(changes)} change(s); running VMs pick them up at "
+                        f"their next start or `virt-aa reload --all`")
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -424,6 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Every defined domain: state, profile loaded, mode, "
                                     "per-VM rules, whether the profile is current; and "
                                     "stale profiles of domains that no longer exist.")
+    sp.add_argument("--drift", action="store_true",
+                    help="only what differs: named policies missing or different on this "
+                         "host, profiles not current (exit 1 if any)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_status)
 
@@ -444,6 +758,95 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Print virt-aa(8) generated from this parser: "
                                     "virt-aa man | man -l -")
     sp.set_defaults(func=cmd_man)
+
+    sp = sub.add_parser("policy", help="named policies installed on this host",
+                        description="Named policies: rule sets installed on the host "
+                                    "(/etc/virt-aa/policies/NAME, per-VM rule syntax, checked "
+                                    "like per-VM rules) that domains reference by name and "
+                                    "sha256 from their metadata (`virt-aa attach`).")
+    sp.add_argument("action", choices=("add", "list", "show", "remove"))
+    sp.add_argument("name", nargs="?", metavar="NAME")
+    sp.add_argument("file", nargs="?", metavar="FILE", help="add: the rules (default: stdin)")
+    sp.add_argument("--force", action="store_true", help="allow restricted paths")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_policy)
+
+    for name, desc in (("attach", "Reference a named policy from a domain's metadata (name "
+                                  "and sha256, never rule text), persistently and live, so it "
+                                  "travels with the domain (migration, save/restore, "
+                                  "backups); the profile is updated at once."),
+                       ("detach", "Remove a named policy reference from a domain.")):
+        sp = sub.add_parser(name, help=desc.split(",")[0].split(" (")[0].lower(),
+                            description=desc)
+        sp.add_argument("items", nargs="+", metavar="DOMAIN POLICY")
+        sp.add_argument("--xml", metavar="FILE",
+                        help="an offline domain: the XML file is updated in place")
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.set_defaults(func=cmd_attach)
+
+    sp = sub.add_parser("export", help="the host's whole virt-aa state as one document",
+                        description="Policies, per-VM rules, modes and history as one JSON "
+                                    "document, for backup and review in Git.")
+    sp.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("import", help="make this host's state match an exported document",
+                        description="Show the differences with an exported document, then "
+                                    "apply them (checked like every change).  Idempotent.")
+    sp.add_argument("file", metavar="FILE", help="the document (- for stdin)")
+    sp.add_argument("--yes", "-y", action="store_true", help="apply without asking")
+    sp.add_argument("--dry-run", action="store_true", help="only show the differences")
+    sp.add_argument("--force", action="store_true", help="allow restricted paths")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_import)
+
+    def log_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--file", metavar="F", help="read this log (audit.log, kern.log, "
+                        "journalctl -o json output, dmesg ...; .gz ok; - for stdin)")
+        sp.add_argument("--source", choices=("auto", "audit", "journal", "kern", "syslog",
+                                             "dmesg"), default="auto",
+                        help="where to read when no --file is given (default: auto picks "
+                             "auditd's log, else the journal, else kern.log/syslog, else "
+                             "dmesg)")
+        sp.add_argument("--since", help="only records at/after this time (ISO, -2h, today)")
+        sp.add_argument("--until", help="only records at/before this time")
+        sp.add_argument("--follow", action="store_true", help="keep reading as the log grows")
+
+    sp = verb("denials", "AppArmor denials of libvirt guests, grouped",
+              "AppArmor records of libvirt guests (libvirt-<uuid> profiles and their "
+              "children), grouped by VM, operation, resource and permission, with counts, "
+              "first/last seen, and whether they were denied or allowed in complain mode.  "
+              "Warns when the logs cannot be trusted.")
+    log_options(sp)
+    sp.set_defaults(func=cmd_denials)
+
+    sp = verb("explain", "why each denial happened",
+              "For each group of denials: the XML element it belongs to (disk, backing file, "
+              "share, char device, TPM, nvram ...) or 'not named by the domain', whether it "
+              "is a known gap with a proper fix, and a risk note for sensitive targets.")
+    log_options(sp)
+    sp.set_defaults(func=cmd_explain)
+
+    sp = verb("suggest", "per-VM rules that would have allowed the denials",
+              "The minimal per-VM rules that would have allowed what was denied (exact path "
+              "first; same directory, subtree, owner-only as choices), never a restricted "
+              "path.  On a terminal: review each (accept, choose a generalisation, skip, "
+              "deny quietly).  --apply stores the chosen (or, without a terminal, the "
+              "exact) ones, with the denial as provenance.")
+    log_options(sp)
+    sp.add_argument("--apply", action="store_true", help="store the rules (see above)")
+    sp.set_defaults(func=cmd_suggest)
+
+    sp = sub.add_parser("check", help="would the VM's profile allow this access?",
+                        description="Whether the VM's effective profile (generated rules, "
+                                    "per-VM rules, the abstraction) allows PATH with PERMS "
+                                    "(default r), and which rules decide.  Exit 0 allowed, "
+                                    "2 denied.")
+    sp.add_argument("items", nargs="+", metavar="DOMAIN PATH [PERMS]",
+                    help="the domain (unless --xml), the path, the permissions")
+    sp.add_argument("--xml", metavar="FILE", help="give the domain offline as an XML file")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_check)
 
     sb = sub.add_parser("sandbox", help="create a --root sandbox with libvirt's templates",
                         description="Create DIR/etc/apparmor.d/libvirt with the profile "

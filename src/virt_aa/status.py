@@ -51,12 +51,13 @@ def collect(store: Store, uri: str | None) -> dict[str, Any]:
             row["vm_rules"], row["broken_rules"] = len(rules), len(problems)
         on_disk = read_text(store.profile(profile))
         row["profile_on_disk"] = on_disk is not None
+        try:
+            dom = parse_domain(d.XMLDesc(0).encode())
+        except DomainError:
+            dom = None
         if on_disk is not None:
-            try:
-                dom = parse_domain(d.XMLDesc(0).encode())
-                row["current"] = on_disk == vmprofile.expected(store, dom)
-            except DomainError:
-                row["current"] = False
+            row["current"] = dom is not None and on_disk == vmprofile.expected(store, dom)
+        row["policies"] = _policy_drift(store, dom) if dom is not None else []
         rows.append(row)
     rows.sort(key=lambda r: r["name"])
     stale = []
@@ -72,6 +73,44 @@ def collect(store: Store, uri: str | None) -> dict[str, Any]:
     return {"uri": conn.getURI(), "root": store.root,
             "kernel": "AppArmor" if loaded is not None else "no AppArmor in this kernel",
             "domains": rows, "stale_profiles": stale}
+
+
+def _policy_drift(store: Store, dom: Any) -> list[dict[str, str]]:
+    """Each named policy the domain's metadata references: ok, missing, or different."""
+    from .policies import digest
+
+    if dom.meta_error:
+        return [{"name": "?", "status": f"invalid metadata: {dom.meta_error}"}]
+    out = []
+    for ref in dom.meta.refs if dom.meta else ():
+        text = read_text(store.policy(ref.name), 1 << 20)
+        status = ("missing" if text is None else
+                  "ok" if digest(text) == ref.sha256 else "different")
+        out.append({"name": ref.name, "status": status})
+    return out
+
+
+def drift(result: dict[str, Any]) -> dict[str, Any]:
+    """Only what differs: policies missing/different here, profiles not current."""
+    rows = []
+    for r in result["domains"]:
+        bad = [p for p in r["policies"] if p["status"] != "ok"]
+        stale = r["profile_on_disk"] and r["current"] is False
+        if bad or stale:
+            rows.append({"name": r["name"], "uuid": r["uuid"], "policies": bad,
+                         "profile_not_current": bool(stale)})
+    return {"uri": result["uri"], "drift": rows}
+
+
+def render_drift(result: dict[str, Any]) -> str:
+    lines = []
+    for r in result["drift"]:
+        for p in r["policies"]:
+            lines.append(f"{r['name']}: policy {p['name']} {p['status']} on this host")
+        if r["profile_not_current"]:
+            lines.append(f"{r['name']}: the profile on disk differs from what virt-aa would "
+                         f"generate now (`virt-aa reload {r['name']}`)")
+    return "\n".join(lines) or "no drift"
 
 
 def render(result: dict[str, Any]) -> str:
