@@ -12,6 +12,7 @@ import pytest
 
 from aadfa import literal_match
 from conftest import SHARED, cli_argv
+from virt_aa.paths import escape
 
 GEN = SHARED / "tools" / "gen-denials"
 UUID = "5b0c8a2e-3d4f-4e6a-9b1c-2d3e4f5a6b7c"
@@ -153,8 +154,11 @@ def test_hostile_lines_never_crash_and_never_widen(tmp_path: Path, sandbox: Path
                 continue
             rule = p["rule"]
             path = rule[1:rule.rindex('"')]
-            assert literal_match(path, item["denial"]["resource"].encode(
-                "utf-8", "surrogateescape")), rule
+            resource = item["denial"]["resource"]
+            if len(path) > 4000:               # beyond what the parser's scanner takes
+                assert path == escape(resource)
+                continue
+            assert literal_match(path, resource.encode("utf-8", "surrogateescape")), rule
 
 
 def test_warns_when_logs_cannot_be_trusted(tmp_path: Path, sandbox: Path) -> None:

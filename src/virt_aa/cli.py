@@ -66,10 +66,11 @@ def _split_domain(args: argparse.Namespace, items: list[str]) -> tuple[str | Non
 
 def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
     if getattr(args, "json", False):
-        json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
+        json.dump(result, sys.stdout, indent=2, ensure_ascii=True)  # raw bytes: \\udcXX escapes
         sys.stdout.write("\n")
     else:
-        print(text)
+        data = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        print(data)
     return 0
 
 

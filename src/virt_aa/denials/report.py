@@ -12,7 +12,7 @@ from typing import Any
 
 from ..accesses import Rule
 from ..domain import Domain
-from ..paths import escape, restricted
+from ..paths import escape, has_control, normalize, restricted
 from .catalogue import KNOWN, Known
 
 FILE_OPS = frozenset({
@@ -236,7 +236,9 @@ def proposals(group: Group) -> list[dict[str, Any]]:
         path = group.resource
         perms = _perms_for_rule(group.perms, group.operation)
         readonly = not set(perms) & set("wal")
-        if restricted(path.rstrip("/") or "/", readonly):
+        if has_control(path) or not path.startswith("/"):
+            return []               # no rule can name it literally: never guess
+        if restricted(normalize(path), readonly) or "/../" in path + "/" or "/./" in path:
             return []
         parent = path.rstrip("/").rsplit("/", 1)[0] or "/"
         esc = escape(path)
