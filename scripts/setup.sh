@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(apparmor apparmor-utils libvirt-daemon-system libvirt-clients qemu-utils
+PKGS=(apparmor apparmor-utils libvirt-daemon-system libvirt-clients qemu-utils qemu-system-x86
       python3-venv python3-libvirt python3-apparmor python3-libapparmor)
 
 missing=()

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "== ruff"
-.venv/bin/ruff check src tests bench
+.venv/bin/ruff check src tests bench ansible
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"

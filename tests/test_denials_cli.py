@@ -131,7 +131,7 @@ HOSTILE = [
     f'profile="{PROFILE}" name="/srv/\xff\xfe" requested_mask="r" denied_mask="r"\n',
     avc(12, "/srv/nul\x00byte"),
     avc(13, '/srv/quote"and}brace'),
-    avc(14, f'/srv/x" profile="libvirt-00000000-0000-0000-0000-000000000000'),
+    avc(14, '/srv/x" profile="libvirt-00000000-0000-0000-0000-000000000000'),
     'type=AVC msg=audit(1764064800.015:15): apparmor="DENIED" operation="open" '
     f'profile="{PROFILE}" name=2F7372762F612A62 requested_mask="r" denied_mask="r"\n',
 ]

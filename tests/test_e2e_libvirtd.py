@@ -152,7 +152,7 @@ def tree_listing(top: Path) -> dict[str, str]:
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     why = missing_requirements()
     if why:
-        pytest.skip(f"no private libvirtd here: {why}")
+        pytest.fail(f"no private libvirtd here: {why} (scripts/setup.sh installs it)")
     phases = Phases()
     base = tmp_path_factory.mktemp("e2e")
     root, state = base / "root", base / "state"

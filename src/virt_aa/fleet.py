@@ -129,7 +129,9 @@ def set_offline(xml_path: str, element: str | None) -> None:
         data = f.read()
     parse(data)                                   # refuses DTDs/entities first
     ET.register_namespace("virtaa", NS)
-    root = ET.fromstring(data)
+    parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True))  # keep admin comments
+    parser.feed(data)
+    root = parser.close()
     meta = root.find("metadata")
     if meta is None:
         meta = ET.SubElement(root, "metadata")
