@@ -13,7 +13,7 @@ from typing import Any
 
 from ..store import Store
 from . import sources
-from .report import Group, explain, group_records, proposals, uuid_of
+from .report import Group, group_records, proposals, uuid_of
 
 PROGRESS_EVERY = 4 << 20
 
@@ -81,19 +81,18 @@ def scan(args: Any, want: Callable[[Any], bool] | None = None) -> Scan:
     from .parse import iter_records, notices
 
     result = Scan()
-    kind, streams, total = _lines(args)
-    result.kind = kind
     since = sources.parse_time(args.since)
     until = sources.parse_time(args.until)
+    if _big_plain_file(args) and since is None and until is None:
+        return _scan_big(args.file, want, result)
+    kind, streams, total = _lines(args)
+    result.kind = kind
     progress = Progress(total, "scanning")
 
     def lines() -> Iterator[str]:
         for stream in streams:
-            for line in stream:
+            for line in stream:           # every line: continuations glue split records
                 progress.update(len(line) + 1)
-                if "apparmor" not in line and "audit" not in line and "Missed" not in line \
-                        and "lost" not in line:
-                    continue
                 note = notices(line)
                 if note:
                     result.notices[note] = result.notices.get(note, 0) + 1
@@ -110,6 +109,59 @@ def scan(args: Any, want: Callable[[Any], bool] | None = None) -> Scan:
         result.groups = group_records(_count(iter_records(lines()), result), wanted)
     finally:
         progress.close()
+    return result
+
+
+BIG = 64 << 20
+
+
+def _big_plain_file(args: Any) -> bool:
+    f = args.file
+    if not f or f == "-" or f.endswith(".gz") or args.follow:
+        return False
+    try:
+        return os.path.isfile(f) and os.path.getsize(f) >= BIG
+    except OSError:
+        return False
+
+
+def _scan_big(path: str, want: Callable[[Any], bool] | None, result: Scan) -> Scan:
+    """Big files: the parallel scanner (both cores, bounded memory), same groups."""
+    from .scan import group_file
+
+    size = os.path.getsize(path)
+    progress = Progress(size, "scanning")
+    done = [0]
+
+    def tick(now: int, total: int) -> None:
+        progress.update(now - done[0])
+        done[0] = now
+
+    def wanted(rec: Any) -> bool:
+        if uuid_of(rec.profile or rec.label) is None:
+            return False
+        return want is None or bool(want(rec))
+
+    try:
+        res = group_file(path, workers=max(1, min(2, os.cpu_count() or 1)), want=wanted,
+                         progress=tick)
+    finally:
+        progress.close()
+    result.kind = "file"
+    result.records = res.records
+    result.notices = dict(res.notices)
+    for g in res.groups.values():
+        if g.mode not in ("DENIED", "ALLOWED") or g.profile is None:
+            continue
+        mode = "denied" if g.mode == "DENIED" else "allowed"
+        key = (g.profile, mode, g.operation or "?", g.resource or "?",
+               g.denied or g.requested or "")
+        grp = result.groups.get(key)
+        if grp is None:
+            grp = result.groups[key] = Group(*key)
+        grp.add(g.first, None, n=g.count)
+        if g.last is not None:
+            grp.add(g.last, None, n=0)
     return result
 
 
@@ -209,11 +261,6 @@ def group_dicts(groups: Iterable[Group], names: dict[str, str]) -> list[dict[str
     rows = [g.to_dict(names) for g in groups]
     rows.sort(key=lambda r: (r["vm"], -r["count"], r["operation"], r["resource"]))
     return rows
-
-
-def explained(groups: list[Group], dom: Any, generated: list[Any],
-              matches: Callable[[str, str], bool]) -> list[dict[str, Any]]:
-    return [explain(g, dom, generated, matches) for g in groups]
 
 
 def proposals_for(group: Group, matches: Callable[[str, str], bool]) -> list[dict[str, Any]]:

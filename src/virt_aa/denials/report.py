@@ -19,6 +19,8 @@ FILE_OPS = frozenset({
     "open", "file_mmap", "mknod", "link", "rename_src", "rename_dest", "truncate", "chmod",
     "chown", "unlink", "mkdir", "rmdir", "getattr", "setattr", "file_lock", "file_inherit",
     "file_perm", "exec", "file_receive", "connect", "create"})
+NET_FAMILIES = frozenset({"inet", "inet6", "netlink", "packet", "unix", "bluetooth", "x25",
+                          "ax25", "ipx", "appletalk", "key", "alg", "vsock", "can", "rds"})
 RISKY_CAPS = frozenset({"sys_admin", "sys_module", "sys_rawio", "net_admin", "sys_ptrace",
                         "dac_override", "dac_read_search", "mac_admin", "mac_override"})
 
@@ -71,6 +73,18 @@ class Group:
     def is_file(self) -> bool:
         return self.operation in FILE_OPS and self.resource.startswith("/")
 
+    @property
+    def kind(self) -> str:
+        """file, capability, network, or other (unix, signal, ptrace, dbus)."""
+        if self.is_file:
+            return "file"
+        if self.operation == "capable":
+            return "capability"
+        words = self.resource.split()
+        if words and words[0] in NET_FAMILIES and "=" not in self.resource:
+            return "network"
+        return "other"
+
     def to_dict(self, names: dict[str, str]) -> dict[str, Any]:
         vm = names.get(self.uuid or "", self.profile.split("//", 1)[0])
         return {"vm": vm, "profile": self.profile, "uuid": self.uuid, "child": self.child,
@@ -82,29 +96,6 @@ class Group:
 
 def _iso(t: float | None) -> str | None:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def resource_of(rec: Any) -> str:
-    """What a record is about: a path, a capability, a socket, a peer."""
-    f = rec.fields
-    op = rec.operation or ""
-    if op == "capable" or "capname" in f:
-        return f"capability {f.get('capname') or f.get('capability', '?')}"
-    if ("family" in f and op not in FILE_OPS) or (f.get("family") == "unix" and not rec.name):
-        parts = [f.get("family", ""), f.get("sock_type", ""), f.get("protocol", "")]
-        text = "network " + " ".join(p for p in parts if p)
-        if f.get("family") == "unix":
-            text = "unix " + " ".join(
-                f"{k}={f[k]}" for k in ("addr", "peer_addr", "peer") if k in f)
-        return text.strip()
-    if op == "signal":
-        return f"signal {f.get('signal', '?')} peer={f.get('peer', '?')}"
-    if op == "ptrace":
-        return f"ptrace peer={f.get('peer', '?')}"
-    if rec.source == "dbus" or "bus" in f:
-        return "dbus " + " ".join(f"{k}={f[k]}" for k in ("bus", "path", "interface", "member")
-                                  if k in f)
-    return rec.name or "?"
 
 
 def group_records(records: Iterable[Any], want: Callable[[Any], bool] | None = None
@@ -122,7 +113,7 @@ def group_records(records: Iterable[Any], want: Callable[[Any], bool] | None = N
         assert profile is not None
         mode = "denied" if rec.mode == "DENIED" else "allowed"
         perms = rec.denied or rec.requested or ""
-        key = (profile, mode, rec.operation or "?", resource_of(rec), perms)
+        key = (profile, mode, rec.operation or "?", rec.resource or "?", perms)
         g = groups.get(key)
         if g is None:
             g = groups[key] = Group(*key)
@@ -197,8 +188,8 @@ def explain(group: Group, dom: Domain | None, generated: list[Rule],
                            "for a guest unless you know exactly why")
         elif res.startswith("/dev/"):
             out["risk"] = "a host device: allowing it gives the guest's QEMU raw access"
-    elif res.startswith("capability "):
-        cap = res.split()[1]
+    elif group.kind == "capability":
+        cap = res
         if cap in RISKY_CAPS:
             out["risk"] = f"capability {cap} is broad: prefer fixing what QEMU needs it for"
     known = find_known(group, matches)
@@ -249,13 +240,13 @@ def proposals(group: Group) -> list[dict[str, Any]]:
             out.append({"kind": "subtree", "rule": f'"{escape(parent)}/**" {perms},'})
         out.append({"kind": "owner only", "rule": f'owner "{esc}" {perms},'})
         return out
-    if group.resource.startswith("capability "):
-        cap = group.resource.split()[1]
+    if group.kind == "capability":
+        cap = group.resource
         if not cap.replace("_", "").isalnum():
             return []
         return [{"kind": "exact", "rule": f"capability {cap},"}]
-    if group.resource.startswith("network "):
-        words = [w for w in group.resource.split()[1:] if w.replace("_", "").isalnum()]
+    if group.kind == "network":
+        words = [w for w in group.resource.split() if w.replace("_", "").isalnum()]
         if not words:
             return []
         return [{"kind": "exact", "rule": f"network {' '.join(words[:2])},"}]

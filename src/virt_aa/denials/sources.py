@@ -75,7 +75,7 @@ def follow(path: str, poll: float = 0.5) -> Iterator[str]:
     while True:
         if f is None:
             try:
-                f = open(path, "rb")  # noqa: SIM115
+                f = open(path, "rb")  # noqa: SIM115 - kept open across reads
                 inode = os.fstat(f.fileno()).st_ino
                 f.seek(0, os.SEEK_END)
             except OSError:
