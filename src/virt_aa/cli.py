@@ -66,8 +66,10 @@ def _split_domain(args: argparse.Namespace, items: list[str]) -> tuple[str | Non
 
 def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
     if getattr(args, "json", False):
-        json.dump(result, sys.stdout, indent=2, ensure_ascii=True)  # raw bytes: \\udcXX escapes
-        sys.stdout.write("\n")
+        # raw bytes as \\udcXX escapes; indented for a person, compact (C encoder: fast on
+        # 100k denial groups) for a pipe
+        indent = 2 if sys.stdout.isatty() else None
+        sys.stdout.write(json.dumps(result, indent=indent, ensure_ascii=True) + "\n")
     else:
         data = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         print(data)
