@@ -464,3 +464,21 @@ def test_denial_records_kept(kernel_run: Run) -> None:
         if pr.op != "u":
             assert any(f'name="{pr.path}"' in r for r in recs), (pr.line(), recs)
     assert quiet >= 1
+
+
+def test_kernel_records_parsed_back_by_our_parser(kernel_run: Run) -> None:
+    """The guest kernel's own log, read by virt-aa's parser: nothing missed."""
+    from virt_aa.denials.parse import iter_records
+
+    dmesg = (kernel_run.out / "dmesg.log").read_text(errors="surrogateescape").splitlines()
+    present = sum(line.count('apparmor="') for line in dmesg)
+    records = [r for r in iter_records(dmesg) if r.mode in ("DENIED", "ALLOWED", "STATUS",
+                                                            "AUDIT")]
+    print(f"\nkernel log: {present} AppArmor records, parsed {len(records)}")
+    assert len(records) == present
+    guests = [r for r in records if (r.profile or "").startswith("libvirt-")]
+    assert guests and all(r.operation and r.mode for r in guests)
+    named = {(r.mode, r.name) for r in guests}
+    for pr in kernel_run.probes:
+        if pr.kernel_denied and not pr.model_explicit_deny and pr.op != "u":
+            assert ("DENIED", pr.path) in named, pr.line()
