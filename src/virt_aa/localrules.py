@@ -58,21 +58,33 @@ def rule_id(text: str) -> str:
     return hashlib.sha256(normalize(text).encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
-def normalize(text: str) -> str:
-    """Collapse whitespace outside quotes; ensure the trailing comma."""
-    out: list[str] = []
-    quoted = False
-    space = False
-    escaped = False
-    for ch in text.strip():
+def _quoting(text: str) -> tuple[list[tuple[str, bool]], bool]:
+    """Each character with whether it is inside a double-quoted string (the opening
+    quote counts as outside, the closing one as inside; ``\\`` escapes inside),
+    and whether the text ends inside an unterminated quote."""
+    out = []
+    quoted = escaped = False
+    for ch in text:
+        out.append((ch, quoted))
         if quoted:
-            out.append(ch)
             if escaped:
                 escaped = False
             elif ch == "\\":
                 escaped = True
             elif ch == '"':
                 quoted = False
+        elif ch == '"':
+            quoted = True
+    return out, quoted
+
+
+def normalize(text: str) -> str:
+    """Collapse whitespace outside quotes; ensure the trailing comma."""
+    out: list[str] = []
+    space = False
+    for ch, inside in _quoting(text.strip())[0]:
+        if inside:
+            out.append(ch)
             continue
         if ch in " \t":
             space = True
@@ -81,8 +93,6 @@ def normalize(text: str) -> str:
             out.append(" ")
         space = False
         out.append(ch)
-        if ch == '"':
-            quoted = True
     rule = "".join(out).rstrip()
     if not rule.endswith(","):
         rule += ","
@@ -93,27 +103,16 @@ def _tokens(rule: str) -> list[str]:
     """Split a rule body on spaces, keeping quoted strings whole."""
     tokens: list[str] = []
     cur: list[str] = []
-    quoted = escaped = False
-    for ch in rule:
-        if quoted:
-            cur.append(ch)
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                quoted = False
-            continue
-        if ch == " ":
+    chars, unterminated = _quoting(rule)
+    if unterminated:
+        raise RuleError("unterminated quote")
+    for ch, inside in chars:
+        if ch == " " and not inside:
             if cur:
                 tokens.append("".join(cur))
                 cur = []
             continue
-        if ch == '"':
-            quoted = True
         cur.append(ch)
-    if quoted:
-        raise RuleError("unterminated quote")
     if cur:
         tokens.append("".join(cur))
     return tokens
@@ -214,20 +213,12 @@ def parse_rule(text: str) -> Parsed:
 
 
 def _commas_quoted_or_braced(body: str) -> bool:
-    """True when every ',' sits inside quotes or a {a,b} alternation."""
+    """True when every ',' sits inside quotes or a {a,b} alternation (or parentheses)."""
     depth = 0
-    quoted = escaped = False
-    for ch in body:
-        if quoted:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch in "{(":
+    for ch, inside in _quoting(body)[0]:
+        if inside:
+            continue
+        if ch in "{(":
             depth += 1
         elif ch in "})":
             depth -= 1
