@@ -18,20 +18,10 @@ description:
   - Runs the virt_aa library on the managed host; fails clearly if it is not importable.
 version_added: "0.1.0"
 author: virt-aa
+extends_documentation_fragment:
+  - virtaa.libvirt.common
+  - virtaa.libvirt.common.DOMAIN
 options:
-  domain:
-    description: The libvirt domain (name, UUID or id) on O(uri).  Exclusive with O(xml).
-    type: str
-  xml:
-    description: A domain given offline, a domain XML file on the managed host.
-    type: path
-  uri:
-    description: libvirt URI (default C($LIBVIRT_DEFAULT_URI) or C(qemu:///system)).
-    type: str
-  root:
-    description: virt-aa's C(--root) on the managed host (a sandbox prefix).
-    type: path
-    default: /
   mode:
     description: The mode.
     type: str

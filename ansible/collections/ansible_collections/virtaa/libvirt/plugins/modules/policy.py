@@ -25,6 +25,8 @@ description:
   - Runs the virt_aa library on the managed host; fails clearly if it is not importable.
 version_added: "0.1.0"
 author: virt-aa
+extends_documentation_fragment:
+  - virtaa.libvirt.common
 options:
   name:
     description: Policy name (a-z 0-9 . _ -, at most 64, not starting with . _ -).
@@ -44,10 +46,6 @@ options:
     description: Allow rules that reach restricted paths (C(/etc), C(/root), C(/proc) ...).
     type: bool
     default: false
-  root:
-    description: virt-aa's C(--root) on the managed host (a sandbox prefix).
-    type: path
-    default: /
 attributes:
   check_mode:
     support: full
