@@ -45,4 +45,14 @@ grep images "$ROOT/etc/apparmor.d/libvirt/libvirt-9b3e6a1f-7c2d-4e58-b0a9-4d6f8e
     sed 's/^/   virt-aa: /'
 echo "   (stock's rule is a glob over every image, other-vm.raw included; ours is that one literal file)"
 echo
+echo "== per-VM rules and mode for web01 (stored by UUID, checked by apparmor_parser)"
+virt-aa --root "$ROOT" -c "$URI" allow web01 '/srv/web-data/** rwk,' --comment "NFS data" | sed 's/^/   /'
+virt-aa --root "$ROOT" -c "$URI" complain web01 --comment "debugging" | sed 's/^/   /'
+P="$ROOT/etc/apparmor.d/libvirt/libvirt-6f1c2b8e-0d4a-4c39-9a57-3b1f0e2d4c11"
+grep -E '^profile|include' "$P" | sed 's/^/   P: /'
+echo "== virt-aa status"
+virt-aa --root "$ROOT" -c "$URI" status | sed 's/^/   /'
+echo "== virt-aa history web01"
+virt-aa --root "$ROOT" -c "$URI" history web01 | sed 's/^/   /'
+echo
 echo "demo done: sandbox in $ROOT"
