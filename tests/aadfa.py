@@ -48,6 +48,13 @@ def dfa(rule_path: str, perms: str = "r") -> tuple[dict[int, list[tuple[str, int
         if m:
             accepting.add(int(m.group(1)))
         i += 1
+    trans.update(transitions(lines, i))
+    return trans, accepting
+
+
+def transitions(lines: list[str], i: int) -> dict[int, list[tuple[str, int]]]:
+    """The state table of one DFA in a dump, read from line ``i`` to the next DFA."""
+    trans: dict[int, list[tuple[str, int]]] = {}
     state = None
     while i < len(lines):
         line = lines[i]
@@ -62,7 +69,7 @@ def dfa(rule_path: str, perms: str = "r") -> tuple[dict[int, list[tuple[str, int
             if m and state is not None:
                 trans[state].append((m.group(1), int(m.group(2))))
         i += 1
-    return trans, accepting
+    return trans
 
 
 def literal_match(rule_path: str, literal: bytes) -> bool:

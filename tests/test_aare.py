@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from aadfa import _BYTE, _TRANS, dfa
+from aadfa import _BYTE, dfa, transitions
 from conftest import FEATURES, PARSER
 from virt_aa import aare
 from virt_aa.aare import AareError, Pattern, compile_aare, load_tunables, parse_variable_line
@@ -162,22 +162,7 @@ def parse_dump(text: str, which: int = 0) -> Dfa:
             a, d, au, q = (int(m.group(k), 16) for k in range(2, 6))
             perms[int(m.group(1))] = (a, d, au, q)
         i += 1
-    trans: dict[int, list[tuple[str, int]]] = {}
-    state = None
-    while i < len(lines):
-        line = lines[i]
-        if "<== (allow/deny/audit/quiet)" in line:
-            break
-        head = re.match(r"^\{(\d+)\} perms", line)
-        if head:
-            state = int(head.group(1))
-            trans.setdefault(state, [])
-        else:
-            m = _TRANS.match(line)
-            if m and state is not None:
-                trans[state].append((m.group(1), int(m.group(2))))
-        i += 1
-    return Dfa(trans, perms)
+    return Dfa(transitions(lines, i), perms)
 
 
 def compile_dump(profile: str | bytes, includes: tuple[str, ...] = (), which: int = 0) -> Dfa:
