@@ -219,6 +219,14 @@ _SEP = b'apparmor="'
 _NSEP = len(_SEP)
 
 
+def _masks(f: dict[str, str]) -> tuple[str | None, str | None]:
+    """(requested, denied) in either kernel spelling: *_mask= (older) or plain (newer)."""
+    req = f.get("requested_mask")
+    den = f.get("denied_mask")
+    return (f.get("requested") if req is None else req,
+            f.get("denied") if den is None else den)
+
+
 def _count_lines(b: bytes) -> int:
     """Newlines in b (bytes.find is memchr; bytes.count(b"\\n") is a byte loop, 3x slower)."""
     n = -1
@@ -393,12 +401,7 @@ class _Audit:
         op = f.get("operation")
         if resource_of(f, op, "kernel") != "\0probe":
             return None
-        req = f.get("requested_mask")
-        if req is None:
-            req = f.get("requested")
-        den = f.get("denied_mask")
-        if den is None:
-            den = f.get("denied")
+        req, den = _masks(f)
         i = self.acc._intern
         return (i(f.get("profile") or f.get("label")), i(mode), i(op), i(req), i(den), ropen)
 
@@ -461,12 +464,7 @@ class _Audit:
                 if ropen:
                     acc.truncated += n
                 op = f.get("operation")
-                req = f.get("requested_mask")
-                if req is None:
-                    req = f.get("requested")
-                den = f.get("denied_mask")
-                if den is None:
-                    den = f.get("denied")
+                req, den = _masks(f)
                 fw = pop_first(key, None)
                 lw = pop_last(key, None)
                 put((f.get("profile") or f.get("label"), mode, op,
