@@ -42,16 +42,27 @@ t0 = time.monotonic()
 from virt_aa.denials.scan import group_file
 res = group_file(sys.argv[2], workers=int(sys.argv[3]))
 wall = time.monotonic() - t0
-top = sorted(res.groups.values(), key=lambda g: -g.count)[:3]
+top = sorted(res.raw.items(), key=lambda kv: -kv[1][0])[:3]
 print(json.dumps({
-    "wall": wall, "records": res.records, "lines": res.lines, "groups": len(res.groups),
+    "wall": wall, "records": res.records, "lines": res.lines, "groups": len(res.raw),
     "non_apparmor_lines": res.non_apparmor_lines, "split": res.split,
     "truncated": res.truncated, "notices": res.notices, "overflow": res.overflow,
     "method": res.method, "workers": res.workers,
     "rss_self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     "rss_children_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-    "top": [[list(g.key), g.count] for g in top],
+    "top": [[list(k), v[0]] for k, v in top],
 }))
+"""
+
+CLI = r"""
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])
+from virt_aa.cli import main
+rc = main(["--root", sys.argv[3], "denials", "--file", sys.argv[2], "--json"])
+sys.stdout.flush()
+print(json.dumps({"rc": rc,
+    "rss_self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    "rss_children_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}), file=sys.stderr)
 """
 
 LIBAPPARMOR = r"""
@@ -74,7 +85,7 @@ print(n, bad)
 CPU: list[float] = []          # user+sys of the last timed() command (all its processes)
 
 
-def timed(argv: list[str], stdout: int | None = subprocess.PIPE) -> tuple[float, str]:
+def timed(argv: list[str], stdout: int | None = subprocess.PIPE) -> tuple[float, str, str]:
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     p = subprocess.run(argv, stdout=stdout, stderr=subprocess.PIPE, text=True, check=False,
@@ -84,7 +95,7 @@ def timed(argv: list[str], stdout: int | None = subprocess.PIPE) -> tuple[float,
     CPU[:] = [r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime]
     if p.returncode not in (0, 1):             # grep -c exits 1 when it finds nothing
         raise SystemExit(f"{argv[0]} failed: {p.stderr.strip()}")
-    return wall, p.stdout or ""
+    return wall, p.stdout or "", p.stderr or ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,26 +130,41 @@ def main(argv: list[str] | None = None) -> int:
               f"load: {os.getloadavg()[0]:.2f} (other work on the machine inflates the ratio)")
         grep = ["grep", "-c", 'apparmor="DENIED"', path]
         ours = [a.python, "-c", RUNNER, str(REPO / "src"), path, str(a.workers)]
+        root = tempfile.mkdtemp(prefix="denials-bench-root-")
+        cli = [a.python, "-c", CLI, str(REPO / "src"), path, root]
         subprocess.run(["cat", path], stdout=subprocess.DEVNULL, check=True)   # warm cache
         timed(grep)
         timed(ours)
+        timed(cli, stdout=subprocess.DEVNULL)
         gw: list[float] = []
         ow: list[float] = []
+        cw: list[float] = []
         gc: list[float] = []
         oc: list[float] = []
+        cc: list[float] = []
         info: dict[str, object] = {}
-        for _ in range(a.runs):
-            w, out = timed(grep)
+        cinfo: dict[str, object] = {}
+        n_denied = 0
+        for _ in range(a.runs):         # A B C A B C ...: drift of the machine cancels out
+            w, out, _err = timed(grep)
             gw.append(w)
             gc.append(CPU[0])
             n_denied = int(out.strip() or 0)
-            w, out = timed(ours)
+            w, out, _err = timed(ours)
             ow.append(w)
             oc.append(CPU[0])
             info = json.loads(out.strip().splitlines()[-1])
+            w, _out, err = timed(cli, stdout=subprocess.DEVNULL)
+            cw.append(w)
+            cc.append(CPU[0])
+            cinfo = json.loads(err.strip().splitlines()[-1])
+        os.rmdir(root) if not os.listdir(root) else None
         ratios = [o / g for o, g in zip(ow, gw, strict=True)]
+        cratios = [o / g for o, g in zip(cw, gw, strict=True)]
         ratio = statistics.median(ratios)
-        rss = max(int(str(info["rss_self_kb"])), int(str(info["rss_children_kb"]))) / 1024
+        cratio = statistics.median(cratios)
+        rss = max(int(str(info["rss_self_kb"])), int(str(info["rss_children_kb"])),
+                  int(str(cinfo["rss_self_kb"])), int(str(cinfo["rss_children_kb"]))) / 1024
         print(f"grep -c 'apparmor=\"DENIED\"': {statistics.median(gw):.3f} s "
               f"[{min(gw):.3f}-{max(gw):.3f}], {n_denied} lines")
         print(f"group_file ({info['workers']} workers, {info['method']} path): "
@@ -152,16 +178,18 @@ def main(argv: list[str] | None = None) -> int:
               f"largest worker {int(str(info['rss_children_kb'])) / 1024:.1f} MiB")
         for key, count in info["top"]:             # type: ignore[attr-defined]
             print(f"  top group: {count} x {key}")
-        cpu_ratio = statistics.median(oc) / statistics.median(gc)
+        print(f"virt-aa denials --file F --json > /dev/null: {statistics.median(cw):.3f} s "
+              f"[{min(cw):.3f}-{max(cw):.3f}]; peak RSS {int(str(cinfo['rss_self_kb'])) / 1024:.1f}"
+              f" MiB, largest worker {int(str(cinfo['rss_children_kb'])) / 1024:.1f} MiB")
         print(f"CPU time (user+sys, all processes): grep {statistics.median(gc):.3f} s, "
-              f"group_file {statistics.median(oc):.3f} s ({cpu_ratio:.1f}x); on {a.workers} "
-              f"idle cores the wall time cannot go below "
-              f"{statistics.median(oc) / a.workers / statistics.median(gw):.1f}x grep")
-        print(f"ratio (median of pairs {', '.join(f'{r:.2f}' for r in ratios)}): "
-              f"{ratio:.2f}x grep; target <= 3x: {'met' if ratio <= 3 else 'NOT met'}; "
-              f"RSS < 200 MB: {'yes' if rss < 190 else 'NO'}")
+              f"group_file {statistics.median(oc):.3f} s, denials {statistics.median(cc):.3f} s")
+        print(f"ratio group_file (median of pairs {', '.join(f'{r:.2f}' for r in ratios)}): "
+              f"{ratio:.2f}x grep")
+        print(f"ratio virt-aa denials (median of pairs {', '.join(f'{r:.2f}' for r in cratios)}):"
+              f" {cratio:.2f}x grep; target <= 3x: {'met' if cratio <= 3 else 'NOT met'}; "
+              f"every process < 200 MB: {'yes' if rss < 190 else 'NO'}")
         if a.libapparmor:
-            w, out = timed(["/usr/bin/python3", "-c", LIBAPPARMOR, path])
+            w, out, _err = timed(["/usr/bin/python3", "-c", LIBAPPARMOR, path])
             n, bad = out.split()
             print(f"LibAppArmor.parse_record: {n} records understood, {bad} returned INVALID, "
                   f"{w:.1f} s ({w / statistics.median(gw):.1f}x grep)")

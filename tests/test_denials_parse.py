@@ -561,12 +561,21 @@ def test_group_file_matches_line_path(gen_dir: Path, fmt: str) -> None:
 def test_group_file_want_and_edges(gen_dir: Path, tmp_path: Path) -> None:
     path = str(gen_dir / "audit.log")
     full = group_file(path)
-    mine = group_file(path, want=lambda r: (r.profile or "").startswith("libvirt-")
-                      and r.mode == "DENIED")
-    assert mine.groups and all(k[0].startswith("libvirt-") and k[1] == "DENIED"   # type: ignore
-                               for k in mine.groups)
+    mine = group_file(path, keep=lambda p: (p or "").startswith("libvirt-"))
+    assert mine.groups and all(k[0].startswith("libvirt-") for k in mine.groups)  # type: ignore
     assert mine.records == full.records
     assert sum(g.count for g in mine.groups.values()) + mine.filtered == full.records
+    want = {k: g.count for k, g in full.groups.items() if (k[0] or "").startswith("libvirt-")}
+    assert {k: g.count for k, g in mine.groups.items()} == want
+    for w in (1, 2):                    # fold: the caller's grouping, in each worker
+        denied = group_file(path, workers=w, fold=lambda k: (k[0], k[2]) if k[1] == "DENIED"
+                            else None)
+        exp: Counter[Any] = Counter()
+        for k, g in full.groups.items():
+            if k[1] == "DENIED":
+                exp[(k[0], k[2])] += g.count
+        assert {k: v[0] for k, v in denied.raw.items()} == dict(exp)
+        assert denied.filtered == full.records - sum(exp.values())
     small = group_file(path, max_groups=50)
     assert len(small.groups) <= 50 + len({k[:3] for k in full.groups})
     assert sum(g.count for g in small.groups.values()) == full.records and small.overflow

@@ -335,10 +335,12 @@ def _denial_scan(args: argparse.Namespace) -> tuple[Any, str | None, VM | None,
 
     uuid, vm = _log_domain(args)
     try:
-        found = dc.scan(args, dc.for_domain(uuid))
+        found = dc.scan(args, uuid)
     except SourceError as exc:
         raise CliError(str(exc)) from None
-    uuids = {g.uuid for g in found.groups.values() if g.uuid}
+    from .denials.report import uuid_of
+
+    uuids = {u for u in map(uuid_of, found.profiles()) if u}
     uri = args.connect if (args.connect or not args.file) else None
     names = dc.vm_names(_store(args), uuids, uri)
     if vm is not None:
@@ -347,14 +349,30 @@ def _denial_scan(args: argparse.Namespace) -> tuple[Any, str | None, VM | None,
 
 
 def cmd_denials(args: argparse.Namespace) -> int:
+    from .denials.scan import no_gc
+
+    with no_gc():
+        return _denials(args)
+
+
+def _denials(args: argparse.Namespace) -> int:
     from .denials import commands as dc
 
     found, _, _, names = _denial_scan(args)
-    rows = dc.group_dicts(found.groups.values(), names)
-    warnings = dc.honesty(found, _store(args), {g.profile.split("//")[0]
-                                                for g in found.groups.values()})
-    result = {"source": found.kind, "records": found.records, "groups": rows,
-              "warnings": warnings}
+    warnings = dc.honesty(found, _store(args), {p.split("//")[0] for p in found.profiles()})
+    rows = dc.rows(found, names)
+    if getattr(args, "json", False) and not sys.stdout.isatty():
+        # streamed: 100k groups never sit in memory as one document
+        head = json.dumps({"source": found.kind, "records": found.records})[:-1]
+        out = sys.stdout
+        out.write(head + ', "groups": [')
+        dc.write_json_rows(found, names, out)
+        out.write('], "warnings": ' + json.dumps(warnings, ensure_ascii=True) + "}\n")
+        return 0
+    if getattr(args, "json", False):
+        result = {"source": found.kind, "records": found.records, "groups": list(rows),
+                  "warnings": warnings}
+        return _emit(args, result, "")
     lines = []
     current = None
     for r in rows:
@@ -366,7 +384,7 @@ def cmd_denials(args: argparse.Namespace) -> int:
                      f"{r['perms'] or '-':<5} {r['resource']}{child}  "
                      f"({r['first_seen'] or '?'} .. {r['last_seen'] or '?'})")
     lines += [f"warning: {w}" for w in warnings]
-    return _emit(args, result, "\n".join(lines) or "no AppArmor denials of libvirt guests")
+    return _emit(args, {}, "\n".join(lines) or "no AppArmor denials of libvirt guests")
 
 
 def _generated(vm: VM) -> list[Any]:

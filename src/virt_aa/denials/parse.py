@@ -180,14 +180,16 @@ def _tokens(text: str, fields: dict[str, str]) -> bool:
 
     Returns True when the last value is open: a quote that is never closed
     or an odd-length hex string (the text was cut inside that value)."""
+    parts = _KV_RE.split(text)      # [before, key, value, between, key, value, ..., after]
+    if len(parts) == 1:
+        return False
     open_last = False
-    end = 0
-    for m in _KV_RE.finditer(text):
-        key, raw = m.group(1), m.group(2)
-        end = m.end()
+    raw = ""
+    for key, raw in zip(parts[1::3], parts[2::3], strict=True):
         open_last = False
-        if raw[:1] == '"' or raw[:1] == "'":
-            if len(raw) >= 2 and raw[-1] == raw[0]:
+        q = raw[:1]
+        if q == '"' or q == "'":
+            if len(raw) >= 2 and raw[-1] == q:
                 val = raw[1:-1]
             else:
                 val = raw[1:]
@@ -198,10 +200,10 @@ def _tokens(text: str, fields: dict[str, str]) -> bool:
             val = raw
         if key not in fields:
             fields[key] = val
-    if not open_last and end:
-        if text[end:].strip():
+    if not open_last:
+        if parts[-1].strip():
             open_last = True            # cut inside a key: "... comm="x" fam"
-        elif text[end - 1] == "=":
+        elif not raw or raw[-1] == "=":
             open_last = True            # cut right after "key="
     return open_last
 

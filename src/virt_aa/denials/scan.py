@@ -36,12 +36,14 @@ and the decoding of ~240 k distinct raw keys.  Peak RSS ~140 MiB per process.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from itertools import accumulate, compress, islice, repeat
 from operator import itemgetter
 from typing import Any
@@ -60,11 +62,17 @@ from virt_aa.denials.parse import (
 __all__ = ["Group", "GroupKey", "ScanResult", "group_file", "group_lines"]
 
 GroupKey = tuple[str | None, str, str | None, str | None, str | None, str | None]
+Keep = Callable[[str | None], bool]     # which profiles (or labels) to group
+Fold = Callable[[GroupKey], "tuple[Any, ...] | None"]   # a caller's own grouping (or drop)
 
 CHUNK = 8 << 20             # bytes read per step
 MAX_LINE = 16 << 20         # a longer line is cut there (and counted in ``long_lines``)
 MAX_GROUPS = 150_000        # beyond this, new groups are folded into one per profile/mode/op
-RAW_FLUSH = 100_000         # distinct raw keys kept by an auditd worker before decoding them
+RAW_FLUSH = 250_000         # distinct raw keys kept by an auditd worker before decoding them
+RAW_BYTES = 48 << 20        # ... and bytes held in them
+RAW_BATCH = 20_000          # raw keys decoded at a time
+RAW_FLUSH_PY = 100_000      # the pure-Python path's RAW_FLUSH (its keys cost more memory)
+TEMPLATES = 65_536          # decoded record templates kept (small tuples)
 
 
 class Group:
@@ -94,21 +102,26 @@ class Group:
 
 
 class ScanResult:
-    """What `group_file` found."""
+    """What `group_file` found.
 
-    __slots__ = ("bytes", "elapsed", "filtered", "groups", "lines", "long_lines", "method",
-                 "non_apparmor_lines", "notices", "overflow", "records", "split", "truncated",
-                 "workers")
+    `raw` maps each group key to [count, first, last]; `groups` gives them as
+    `Group` objects (made on first use: a caller with 100k groups may not need
+    them)."""
+
+    __slots__ = ("_groups", "bytes", "elapsed", "filtered", "lines", "long_lines", "method",
+                 "non_apparmor_lines", "notices", "overflow", "raw", "records", "split",
+                 "truncated", "workers")
 
     def __init__(self) -> None:
-        self.groups: dict[GroupKey, Group] = {}
-        self.records = 0                # AppArmor records seen (before `want`)
+        self.raw: dict[GroupKey, list[Any]] = {}
+        self._groups: dict[GroupKey, Group] | None = None
+        self.records = 0                # AppArmor records seen (before `keep`)
         self.lines = 0
         self.non_apparmor_lines = 0
         self.split = 0                  # records flagged split
         self.truncated = 0              # records flagged truncated
         self.notices: dict[str, int] = {}
-        self.filtered = 0               # records `want` turned down
+        self.filtered = 0               # records of profiles `keep` turned down
         self.overflow = 0               # records folded because of the group cap
         self.long_lines = 0
         self.bytes = 0
@@ -116,11 +129,18 @@ class ScanResult:
         self.method = ""                # "auditd" (raw-key path) or "lines"
         self.elapsed = 0.0
 
+    @property
+    def groups(self) -> dict[GroupKey, Group]:
+        if self._groups is None:
+            self._groups = {k: Group(k, v[0], v[1], v[2]) for k, v in self.raw.items()}
+        return self._groups
+
     def sorted_groups(self) -> list[Group]:
         return sorted(self.groups.values(), key=lambda g: (-g.count, str(g.key)))
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {k: getattr(self, k) for k in ScanResult.__slots__ if k != "groups"}
+        d: dict[str, Any] = {k: getattr(self, k) for k in ScanResult.__slots__
+                             if k not in ("_groups", "raw")}
         d["groups"] = [g.to_dict() for g in self.sorted_groups()]
         return d
 
@@ -131,10 +151,10 @@ class ScanResult:
 class _Acc:
     """Per-process accumulator: groups plus counters."""
 
-    def __init__(self, want: Callable[[Record], bool] | None, max_groups: int) -> None:
-        self.want = want
+    def __init__(self, keep: Keep | None, max_groups: int) -> None:
+        self.keep = keep
         self.max_groups = max_groups
-        self.groups: dict[GroupKey, list[Any]] = {}
+        self.groups: dict[Any, list[Any]] = {}     # GroupKey, or what `refold` made of it
         self.interned: dict[str, str] = {}
         self.records = 0
         self.lines = 0
@@ -156,7 +176,7 @@ class _Acc:
                 self.split += n
             if "truncated" in fl:
                 self.truncated += n
-        if self.want is not None and not self.want(rec):
+        if self.keep is not None and not self.keep(rec.profile or rec.label):
             self.filtered += n
             return
         if first is None:
@@ -194,6 +214,49 @@ class _Acc:
                 "notices": dict(self.notices), "filtered": self.filtered,
                 "overflow": self.overflow, "long_lines": self.long_lines, "bytes": self.nbytes}
 
+    def put_many(self, items: list[tuple[Any, list[Any]]]) -> None:
+        """`put` for each (key, [count, first, last]) of another worker (the lists are
+        taken over)."""
+        groups = self.groups
+        gget = groups.get
+        cap = self.max_groups
+        for key, v in items:
+            g = gget(key)
+            if g is None:
+                if len(groups) < cap:
+                    groups[key] = v
+                    continue
+                self.overflow += v[0]
+                key = key[:3] + (None,) * (len(key) - 3)
+                g = gget(key)
+                if g is None:
+                    groups[key] = v
+                    continue
+            g[0] += v[0]
+            first, last = v[1], v[2]
+            if first is not None and (g[1] is None or first < g[1]):
+                g[1] = first
+            if last is not None and (g[2] is None or last > g[2]):
+                g[2] = last
+
+    def refold(self, fold: Fold) -> None:
+        """Re-key the groups with the caller's `fold` (None drops a group: counted in
+        `filtered`); each worker does it to its own groups before they are merged."""
+        raw = self.groups
+        self.groups = {}
+        items = []
+        while raw:                      # consumed as it is folded: never both in memory
+            key, v = raw.popitem()
+            fk = fold(key)
+            if fk is None:
+                self.filtered += v[0]
+            else:
+                items.append((fk, v))
+                if len(items) == 10_000:
+                    self.put_many(items)
+                    items = []
+        self.put_many(items)
+
     def merge(self, st: dict[str, Any]) -> None:
         for k in ("records", "lines", "split", "truncated", "filtered", "overflow", "long_lines"):
             setattr(self, k, getattr(self, k) + st[k])
@@ -213,6 +276,8 @@ def group_key(rec: Record) -> GroupKey:
 # ---------------------------------------------------------------- auditd fast path
 
 _G0, _G1, _G2, _GL = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(-1)
+# `MODE" operation="OP" parent=N`: the parent's pid varies like the pid (raw keys drop it)
+_PARENT_RE = re.compile(rb'^([A-Z]+" operation="[a-z_]+") parent=[0-9]+(?= )')
 _WIN = slice(-36, None)     # the bytes before apparmor=": "...audit(EPOCH.mmm:SERIAL): "
 _DIGITS = b"0123456789"
 _SEP = b'apparmor="'
@@ -239,6 +304,13 @@ def _count_lines(b: bytes) -> int:
             return n
 
 
+def _finds(c: bytes, needle: bytes) -> Iterator[int]:
+    i = c.find(needle)
+    while i >= 0:
+        yield i
+        i = c.find(needle, i + len(needle))
+
+
 def _stamp_time(win: bytes) -> float | None:
     """Epoch of the audit(EPOCH:SERIAL) stamp at the end of `win`."""
     try:
@@ -250,12 +322,22 @@ def _stamp_time(win: bytes) -> float | None:
 class _Audit:
     """Raw-key counting for the auditd path.
 
-    A raw key is the record's text from ``apparmor="`` to `` pid=`` followed by
-    its text after ``comm=X`` up to `` fsuid=`` (kept as a marker), so
-    records differing only in pid, comm, fsuid/ouid or stamp share it."""
+    A raw key is the record's text from ``apparmor="`` to `` pid=`` (without
+    a ``parent=N`` right after the operation) followed by its text after
+    ``comm=X`` up to `` fsuid=`` (kept as a marker), so records differing only
+    in pid, parent, comm, fsuid/ouid or stamp share it."""
 
-    def __init__(self, acc: _Acc) -> None:
+    def __init__(self, acc: _Acc, fast: bool | None = None) -> None:
         self.acc = acc
+        self.table: Any = None          # the C counter (_avcscan.Table), when built
+        if fast is not False:
+            try:
+                from virt_aa.denials import _avcscan
+            except ImportError:
+                if fast:
+                    raise
+            else:
+                self.table = _avcscan.Table(os.urandom(8))
         self.cnt: Counter[bytes] = Counter()
         self.first: dict[bytes, bytes] = {}
         self.last: dict[bytes, bytes] = {}
@@ -263,20 +345,42 @@ class _Audit:
         self.dfirst: dict[bytes, bytes] = {}
         self.dlast: dict[bytes, bytes] = {}
         self.pre_cache: dict[bytes, tuple[dict[str, str], bool]] = {}
-        self.tpl_cache: dict[bytes, tuple[Any, ...] | None] = {}
+        self.tpl_cache: dict[bytes, tuple[Any, ...]] = {}
         self.rest_cache: dict[bytes, tuple[dict[str, str], bool]] = {}
 
-    def chunk(self, c: bytes) -> None:
+    def chunk(self, c: bytes | bytearray, end: int | None = None) -> None:
+        """Count the records of c[:end], whole lines (the last one may lack its newline)."""
         acc = self.acc
+        table = self.table
+        if end is None:
+            end = len(c)
+        if table is not None:
+            with memoryview(c) as whole, whole[:end] as view:
+                lines, bad, qf = table.feed(view)
+            if end and c[end - 1] != 10:
+                lines += 1
+            acc.lines += lines
+            if qf:
+                self._notices(c, qf, end)
+            if bad:
+                self._fallback(c, bad, end)
+            if len(table) > RAW_FLUSH or table.kbytes > RAW_BYTES:
+                self.flush()
+            return
+        c = bytes(c[:end]) if end != len(c) or not isinstance(c, bytes) else c
+        if c[-1:] != b"\n":
+            c += b"\n"
         acc.lines += _count_lines(c)
         if b"queue-full" in c:
-            self._notices(c, b"queue-full")
+            self._notices(c, _finds(c, b"queue-full"), len(c))
         pieces = c.split(_SEP)
         n = len(pieces) - 1
         if n <= 0:
             return
         part = bytes.partition
-        wins: list[bytes] = list(map(bytes.__getitem__, pieces, repeat(_WIN)))
+        # the bytes before each apparmor=" on its line (at most 36: the audit(...) stamp)
+        wins: list[bytes] = list(map(_G2, map(bytes.rpartition, map(
+            bytes.__getitem__, pieces, repeat(_WIN)), repeat(b"\n"))))
         wins.pop()
         ok = list(map(bytes.endswith, wins, repeat(b"): ")))
         hp = list(map(part, map(_G0, map(part, pieces[1:], repeat(b"\n"))), repeat(b" pid=")))
@@ -288,11 +392,18 @@ class _Audit:
         # head + " pid=" + rest-after-comm (+ " fsuid=" marker when there was one)
         keys = list(map(bytes.__add__, map(bytes.__add__, map(_G0, hp), map(_G1, hp)),
                         map(bytes.__add__, map(_G0, rp), map(_G1, rp))))
+        if b" parent=" in c:
+            has = list(map(bytes.__contains__, keys, repeat(b" parent=")))
+            if any(has):
+                keys = [_PARENT_RE.sub(rb"\1", k, 1) if h else k
+                        for k, h in zip(keys, has, strict=True)]
         if not all(ok) or not all(ok2):
             okk = list(map(min, ok, ok2))
             keys = list(compress(keys, okk))
             wins = list(compress(wins, okk))
-            self._fallback(c, pieces, okk)
+            offs = list(accumulate(map(len, pieces)))
+            self._fallback(c, [offs[i] + i * _NSEP
+                               for i in compress(range(n), map((1).__sub__, okk))], len(c))
         cnt = self.cnt
         before = len(cnt)
         cnt.update(keys)
@@ -307,28 +418,29 @@ class _Audit:
                     fresh.discard(k)
                     if not fresh:
                         break
-        if len(cnt) > RAW_FLUSH:
+        if len(cnt) > RAW_FLUSH_PY:
             self.flush()
 
-    def _fallback(self, c: bytes, pieces: list[bytes], ok: list[bool]) -> None:
-        """Records that are not plain AVC lines: dbus USER_AVC by raw key, others parsed."""
-        offs = list(accumulate(map(len, pieces)))
+    def _fallback(self, c: bytes | bytearray, offsets: list[int], end: int) -> None:
+        """Records that are not plain AVC lines (`offsets`: their apparmor=" in c[:end]):
+        dbus USER_AVC by raw key, others parsed."""
         seen: set[int] = set()
         acc = self.acc
         dcnt, dfirst, dlast = self.dcnt, self.dfirst, self.dlast
-        for i in compress(range(len(ok)), map((1).__sub__, ok)):
-            o = offs[i] + i * _NSEP
-            ls = c.rfind(b"\n", 0, o) + 1
+        for off in offsets:
+            ls = c.rfind(b"\n", 0, off) + 1
             if ls in seen:
                 continue
             seen.add(ls)
-            le = c.find(b"\n", o)
+            le = c.find(b"\n", off, end)
             if le < 0:
-                le = len(c)
-            pre = c[ls:o]
+                le = end
+            line = bytes(c[ls:le])
+            o = off - ls
+            pre = line[:o]
             if (pre.endswith(b"msg='") and b"type=USER_AVC msg=audit(" in pre
-                    and c.find(_SEP, o + _NSEP, le) < 0):
-                head, sep, tail = c[o + _NSEP:le].partition(b" pid=")
+                    and line.find(_SEP, o + _NSEP) < 0):
+                head, sep, tail = line[o + _NSEP:].partition(b" pid=")
                 a, sep2, b = tail.lstrip(_DIGITS).partition(b" peer_pid=")
                 key = head + sep + b"\0" + a + sep2 + b"\0" + b.lstrip(_DIGITS)
                 dcnt[key] += 1
@@ -336,21 +448,44 @@ class _Audit:
                     dfirst[key] = pre
                 dlast[key] = pre
                 continue
-            rec = parse_line(c[ls:le].decode("utf-8", "surrogateescape"))
+            rec = parse_line(line.decode("utf-8", "surrogateescape"))
             if rec is not None:
                 acc.add(rec)
 
-    def _notices(self, c: bytes, needle: bytes) -> None:
-        i = c.find(needle)
-        while i >= 0:
+    def _raw(self) -> Iterator[tuple[bytes, str | None, int, float | None, float | None,
+                                     bytes]]:
+        """(tk, name, count, first, last, raw key) of every plain AVC raw key (tk and name:
+        see `_split`), emptying the counter."""
+        if self.table is not None:
+            take = self.table.take
+            while True:                 # in batches: raw keys and groups never peak together
+                items = take(RAW_BATCH)
+                if not items:
+                    return
+                yield from items
+        cnt = self.cnt
+        pop_first, pop_last = self.first.pop, self.last.pop
+        while cnt:
+            key, n = cnt.popitem()
+            fw = pop_first(key, None)
+            lw = pop_last(key, None)
+            tk, name = _split(key)
+            yield (tk, name, n, _stamp_time(fw) if fw else None,
+                   _stamp_time(lw) if lw else None, key)
+
+    def _notices(self, c: bytes | bytearray, offsets: Iterable[int], end: int) -> None:
+        """The notices on the lines of `offsets` in c[:end] (each line once)."""
+        le = -1
+        for i in offsets:
+            if i < le:
+                continue
             ls = c.rfind(b"\n", 0, i) + 1
-            le = c.find(b"\n", i)
+            le = c.find(b"\n", i, end)
             if le < 0:
-                le = len(c)
+                le = end
             kind = notices(c[ls:le].decode("utf-8", "surrogateescape"))
             if kind is not None:
                 self.acc.notices[kind] += 1
-            i = c.find(needle, le)
 
     @staticmethod
     def _cached(raw: bytes, cache: dict[bytes, tuple[dict[str, str], bool]],
@@ -359,7 +494,7 @@ class _Audit:
         if got is None:
             f: dict[str, str] = {}
             got = (f, _tokens(lead + raw.decode("utf-8", "surrogateescape"), f))
-            if len(cache) >= 8192:
+            if len(cache) >= 32768:
                 cache.clear()
             cache[raw] = got
         return got
@@ -369,9 +504,9 @@ class _Audit:
         the name decoded directly (it is the last field there)."""
         pre, sep, nm = head.partition(b" name=")
         pf, popen = self._cached(pre, self.pre_cache, 'apparmor="')
-        f = dict(pf)
         if not sep:
-            return f, popen
+            return pf, popen            # the cached dict: callers do not change it
+        f = dict(pf)
         if b" " not in nm and not popen:
             if len(nm) >= 2 and nm[:1] == b'"' and nm[-1:] == b'"' and b'"' not in nm[1:-1]:
                 f.setdefault("name", nm[1:-1].decode("utf-8", "surrogateescape"))
@@ -383,13 +518,15 @@ class _Audit:
         f = {}
         return f, _tokens('apparmor="' + head.decode("utf-8", "surrogateescape"), f)
 
-    def _template(self, pre: bytes, rest: bytes) -> tuple[Any, ...] | None:
-        """(profile, mode, operation, requested, denied, cut) shared by every record with
-        this text before name= and after comm=, if the name is what it is about."""
+    def _template(self, tk: bytes) -> tuple[Any, ...]:
+        """(profile, mode, operation, requested, denied, cut, kept) shared by every record
+        with this text before name= and after comm= (`tk`: the two joined by NUL), if the
+        name is what it is about (else empty)."""
+        pre, _, rest = tk.partition(b"\0")
         f, popen = self._cached(pre, self.pre_cache, 'apparmor="')
         mode = f.get("apparmor", "")
         if popen or "name" in f or not _MODE_RE.fullmatch(mode):
-            return None
+            return ()
         f = dict(f)
         f["name"] = "\0probe"
         ropen = False
@@ -400,82 +537,96 @@ class _Audit:
                     f[k] = v
         op = f.get("operation")
         if resource_of(f, op, "kernel") != "\0probe":
-            return None
+            return ()
         req, den = _masks(f)
         i = self.acc._intern
-        return (i(f.get("profile") or f.get("label")), i(mode), i(op), i(req), i(den), ropen)
+        prof = f.get("profile") or f.get("label")
+        keep = self.acc.keep
+        return (i(prof), i(mode), i(op), i(req), i(den), ropen, keep is None or keep(prof))
 
     def flush(self) -> None:
         """Decode every distinct raw key once and add its count to the groups."""
         acc = self.acc
-        first, last = self.first, self.last
-        want = acc.want
+        groups = acc.groups
+        gget = groups.get
+        cap = acc.max_groups
         put = acc.put
-        cnt = self.cnt
-        pop_first, pop_last = first.pop, last.pop
         tcache = self.tpl_cache
-        while cnt:                      # consume as we go: raw keys and groups never peak together
-            key, n = cnt.popitem()
-            head, _, rest = key.partition(b" pid=")
-            marker = rest.endswith(b" fsuid=")
-            if marker:
-                rest = rest[:-7]
-            if want is None:
+        tget = tcache.get
+        records = truncated = filtered = 0
+        for tk, name, n, first, last, key in self._raw():
+            if name is not None:
                 # the common case: everything but the name is shared with other keys
-                pre, nsep, nm = head.partition(b" name=")
-                if nsep:
-                    tk = pre + b"\0" + rest
-                    tpl = tcache.get(tk)
-                    if tpl is None:
-                        if len(tcache) >= 8192:
-                            tcache.clear()
-                        tpl = tcache[tk] = self._template(pre, rest)
-                    if tpl:
-                        name = _name(nm)
-                        if name is not None:
-                            prof, mode, op, req, den, ropen = tpl
-                            acc.records += n
-                            if ropen:
-                                acc.truncated += n
-                            fw = pop_first(key, None)
-                            lw = pop_last(key, None)
-                            put((prof, mode, op, name, req, den), n,
-                                _stamp_time(fw) if fw else None, _stamp_time(lw) if lw else None)
-                            continue
-            f, hopen = self._head_fields(head)
-            if rest:
-                rf, ropen = self._cached(rest, self.rest_cache, "")
-                for k, v in rf.items():
-                    if k not in f:
-                        f[k] = v
-            else:
-                ropen = False
-            mode = f.get("apparmor", "")
-            if hopen or not _MODE_RE.fullmatch(mode):
-                # not the usual shape: let the full parser decide
-                text = 'type=AVC msg=audit(0.000:0): apparmor="{} pid=0 comm="?" {}{}'.format(
-                    head.decode("utf-8", "surrogateescape"),
-                    rest.decode("utf-8", "surrogateescape"), " fsuid=0 ouid=0" if marker else "")
-                rec = parse_line(text)
-                if rec is None:
+                tpl = tget(tk)
+                if tpl is None:
+                    if len(tcache) >= TEMPLATES:
+                        tcache.clear()
+                    tpl = tcache[tk] = self._template(tk)
+                if tpl:
+                    prof, mode, op, req, den, ropen, kept = tpl
+                    records += n
+                    if ropen:
+                        truncated += n
+                    if not kept:
+                        filtered += n
+                        continue
+                    gk = (prof, mode, op, name, req, den)
+                    g = gget(gk)
+                    if g is None:
+                        if len(groups) < cap:
+                            groups[gk] = [n, first, last]
+                        else:
+                            put(gk, n, first, last)
+                        continue
+                    g[0] += n
+                    if first is not None and (g[1] is None or first < g[1]):
+                        g[1] = first
+                    if last is not None and (g[2] is None or last > g[2]):
+                        g[2] = last
                     continue
-            elif want is None:
-                acc.records += n
-                if ropen:
-                    acc.truncated += n
-                op = f.get("operation")
-                req, den = _masks(f)
-                fw = pop_first(key, None)
-                lw = pop_last(key, None)
-                put((f.get("profile") or f.get("label"), mode, op,
-                     resource_of(f, op, "kernel"), req, den), n,
-                    _stamp_time(fw) if fw else None, _stamp_time(lw) if lw else None)
-                continue
-            else:
-                rec = Record("kernel", mode, f, _TRUNC if ropen else _NOFLAGS)
-            fw = pop_first(key, None)
-            lw = pop_last(key, None)
-            acc.add(rec, n, _stamp_time(fw) if fw else None, _stamp_time(lw) if lw else None)
+            self._decode(key, n, first, last)
+        acc.records += records
+        acc.truncated += truncated
+        acc.filtered += filtered
+        self._dbus()
+
+    def _decode(self, key: bytes, n: int, first: float | None, last: float | None) -> None:
+        """A raw key whose name is not the usual one: its fields, or the full parser."""
+        acc = self.acc
+        head, _, rest = key.partition(b" pid=")
+        marker = rest.endswith(b" fsuid=")
+        if marker:
+            rest = rest[:-7]
+        f, hopen = self._head_fields(head)
+        if rest:
+            rf, ropen = self._cached(rest, self.rest_cache, "")
+            f = {**rf, **f}             # the head's fields win, as in the record
+        else:
+            ropen = False
+        mode = f.get("apparmor", "")
+        if hopen or not _MODE_RE.fullmatch(mode):
+            # not the usual shape: let the full parser decide
+            text = 'type=AVC msg=audit(0.000:0): apparmor="{} pid=0 comm="?" {}{}'.format(
+                head.decode("utf-8", "surrogateescape"),
+                rest.decode("utf-8", "surrogateescape"), " fsuid=0 ouid=0" if marker else "")
+            rec = parse_line(text)
+            if rec is not None:
+                acc.add(rec, n, first, last)
+            return
+        # what acc.add(Record(...)) would do, without the Record
+        acc.records += n
+        if ropen:
+            acc.truncated += n
+        prof = f.get("profile") or f.get("label")
+        if acc.keep is not None and not acc.keep(prof):
+            acc.filtered += n
+            return
+        op = f.get("operation")
+        req, den = _masks(f)
+        acc.put((prof, mode, op, resource_of(f, op, "kernel"), req, den), n, first, last)
+
+    def _dbus(self) -> None:
+        acc = self.acc
         for key, n in self.dcnt.items():
             head, _, rest = key.partition(b"\0")
             mid, _, tail = rest.partition(b"\0")
@@ -508,9 +659,22 @@ def _name(nm: bytes) -> str | None:
     return None
 
 
-_TRUNC = frozenset({"truncated"})
+def _split(key: bytes) -> tuple[bytes, str | None]:
+    """A raw key as (text before name= NUL text after comm= without the fsuid marker, the
+    name) when its name is the kernel's usual one (`_name`), else (the raw key, None).
+    The C counter's `take` does the same."""
+    head, _, rest = key.partition(b" pid=")
+    pre, nsep, nm = head.partition(b" name=")
+    if nsep:
+        name = _name(nm)
+        if name is not None:
+            if rest.endswith(b" fsuid="):
+                rest = rest[:-7]
+            return pre + b"\0" + rest, name
+    return key, None
+
+
 _HEX_B = re.compile(rb"[0-9A-F]+")
-_NOFLAGS: frozenset[str] = frozenset()
 
 
 # ---------------------------------------------------------------- line path
@@ -534,10 +698,10 @@ def _lines_chunk(c: bytes, glue: Glue, acc: _Acc) -> None:
                 acc.notices[kind] += 1
 
 
-def group_lines(lines: Any, want: Callable[[Record], bool] | None = None,
+def group_lines(lines: Any, keep: Keep | None = None,
                 max_groups: int = MAX_GROUPS) -> ScanResult:
     """Group the records of an iterable of text lines (small inputs, tests)."""
-    acc = _Acc(want, max_groups)
+    acc = _Acc(keep, max_groups)
     glue = Glue()
     for line in lines:
         acc.lines += 1
@@ -591,10 +755,14 @@ def _ranges(fd: int, size: int, parts: int) -> list[tuple[int, int]]:
 
 
 def _scan_range(path: str, start: int, end: int, auditd: bool, acc: _Acc,
-                report: Callable[[int], None] | None) -> None:
+                report: Callable[[int], None] | None, fast: bool | None = None) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        aud = _Audit(acc) if auditd else None
+        aud = _Audit(acc, fast) if auditd else None
+        if aud is not None and aud.table is not None:
+            _read_into(fd, start, end, aud, acc, report)
+            aud.flush()
+            return
         glue = None if auditd else Glue()
         pos = start
         while pos < end:
@@ -626,6 +794,36 @@ def _scan_range(path: str, start: int, end: int, auditd: bool, acc: _Acc,
                 acc.add(rec)
     finally:
         os.close(fd)
+
+
+def _read_into(fd: int, start: int, end: int, aud: _Audit, acc: _Acc,
+               report: Callable[[int], None] | None) -> None:
+    """The C path's reading: chunks of whole lines into one reused buffer (no copies and
+    no fresh pages per chunk; the Python path's lines, `_long_line` included)."""
+    buf = bytearray(CHUNK)
+    pos = start
+    with memoryview(buf) as mv:
+        while pos < end:
+            want = min(CHUNK, end - pos)
+            with mv[:want] as dst:
+                n = os.preadv(fd, [dst], pos)
+            if not n:
+                break
+            cut = n
+            if pos + n < end and buf[n - 1] != 10:
+                k = buf.rfind(b"\n", 0, n) + 1
+                if k:
+                    cut = k
+                else:                   # one line longer than a chunk
+                    line, cut = _long_line(fd, bytes(buf[:n]), pos, end, acc)
+                    aud.chunk(line)
+                    n = 0
+            if n:
+                aud.chunk(buf, cut)
+            pos += cut
+            acc.nbytes += cut
+            if report is not None:
+                report(cut)
 
 
 def _long_line(fd: int, b: bytes, pos: int, end: int, acc: _Acc) -> tuple[bytes, int]:
@@ -661,7 +859,7 @@ def _long_line(fd: int, b: bytes, pos: int, end: int, acc: _Acc) -> tuple[bytes,
 
 
 def _fill(res: ScanResult, acc: _Acc) -> None:
-    res.groups = {k: Group(k, v[0], v[1], v[2]) for k, v in acc.groups.items()}
+    res.raw = acc.groups
     res.records = acc.records
     res.lines = acc.lines
     res.non_apparmor_lines = max(0, acc.lines - acc.records)
@@ -674,18 +872,37 @@ def _fill(res: ScanResult, acc: _Acc) -> None:
     res.bytes = acc.nbytes
 
 
-def group_file(path: str, workers: int = 2, want: Callable[[Record], bool] | None = None,
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """The cyclic collector off: a scan makes ~10^6 short-lived tuples and no cycles, and
+    each full collection walks every group kept so far (a fifth of the run time)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def group_file(path: str, workers: int = 2, keep: Keep | None = None,
                progress: Callable[[int, int], None] | None = None, *,
-               max_groups: int = MAX_GROUPS) -> ScanResult:
+               max_groups: int = MAX_GROUPS, fast: bool | None = None,
+               fold: Fold | None = None) -> ScanResult:
     """Group the AppArmor records of the log file `path`.
 
-    `workers` processes (fork) each take a byte range; `want(record)` may
-    turn records down (it sees one representative per distinct raw key in
-    the auditd path, so it should look at the grouping fields only:
-    profile, mode, operation, name/resource, masks, class);
-    `progress(done_bytes, total_bytes)` is called in this process as the
-    workers advance.  `non_apparmor_lines` counts lines minus records (a
-    record glued from two lines counts once)."""
+    `workers` processes (fork) each take a byte range; `keep(profile)`
+    may turn the records of a profile (or label) down: they are counted in
+    `records` and `filtered` only (it is asked once per record template, not
+    per record); `progress(done_bytes, total_bytes)` is called in this process
+    as the workers advance; `fast` chooses the C counter (True: required,
+    False: the pure-Python path, None: C when built); `fold(key)` re-keys
+    the groups the caller's way, or drops them (None, counted in `filtered`),
+    in each worker before they are merged (a folded group whose key overflows
+    the cap keeps its first three fields and None for the rest; `raw` then
+    holds the folded keys and `groups` should not be used).
+    `non_apparmor_lines` counts lines minus records (a record glued from two
+    lines counts once)."""
     t0 = time.monotonic()
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -694,18 +911,22 @@ def group_file(path: str, workers: int = 2, want: Callable[[Record], bool] | Non
         ranges = _ranges(fd, size, max(1, workers)) if size else [(0, 0)]
     finally:
         os.close(fd)
-    acc = _Acc(want, max_groups)
-    if len(ranges) <= 1 or workers <= 1:
-        done = [0]
+    acc = _Acc(keep, max_groups)
+    with no_gc():
+        if len(ranges) <= 1 or workers <= 1:
+            done = [0]
 
-        def _rep(k: int) -> None:
-            done[0] += k
-            if progress is not None:
-                progress(done[0], size)
-        _scan_range(path, ranges[0][0], ranges[0][1], auditd, acc,
-                    _rep if progress is not None else None)
-    else:
-        _run_workers(path, ranges, auditd, acc, want, max_groups, progress, size)
+            def _rep(k: int) -> None:
+                done[0] += k
+                if progress is not None:
+                    progress(done[0], size)
+            _scan_range(path, ranges[0][0], ranges[0][1], auditd, acc,
+                        _rep if progress is not None else None, fast)
+            if fold is not None:
+                acc.refold(fold)
+        else:
+            _run_workers(path, ranges, auditd, acc, keep, max_groups, progress, size, fast,
+                         fold)
     res = ScanResult()
     _fill(res, acc)
     res.method = "auditd" if auditd else "lines"
@@ -715,8 +936,9 @@ def group_file(path: str, workers: int = 2, want: Callable[[Record], bool] | Non
 
 
 def _run_workers(path: str, ranges: list[tuple[int, int]], auditd: bool, acc: _Acc,
-                 want: Callable[[Record], bool] | None, max_groups: int,
-                 progress: Callable[[int, int], None] | None, size: int) -> None:
+                 keep: Keep | None, max_groups: int,
+                 progress: Callable[[int, int], None] | None, size: int,
+                 fast: bool | None, fold: Fold | None) -> None:
     """Fork one child per range but the first, which this process scans itself."""
     import select
     children: list[tuple[int, int]] = []
@@ -727,14 +949,16 @@ def _run_workers(path: str, ranges: list[tuple[int, int]], auditd: bool, acc: _A
             code = 0
             try:
                 os.close(r)
-                cacc = _Acc(want, max_groups)
+                cacc = _Acc(keep, max_groups)
                 wf = os.fdopen(w, "wb", buffering=1 << 16)
 
                 def _rep(k: int, wf: Any = wf) -> None:
                     if progress is not None:
                         wf.write(b"P" + k.to_bytes(8, "little"))
                         wf.flush()
-                _scan_range(path, start, end, auditd, cacc, _rep)
+                _scan_range(path, start, end, auditd, cacc, _rep, fast)
+                if fold is not None:
+                    cacc.refold(fold)
                 st = cacc.state()
                 groups = st.pop("groups")
                 st["groups"] = {}
@@ -766,6 +990,8 @@ def _run_workers(path: str, ranges: list[tuple[int, int]], auditd: bool, acc: _A
             progress(done[0], size)
             _drain(False)
 
+    pending: list[Any] = []
+    ready = False
     bufs: dict[int, bytearray] = {r: bytearray() for _, r in children}
     results: dict[int, dict[str, Any] | None] = {r: None for _, r in children}
     open_fds = set(bufs)
@@ -799,9 +1025,10 @@ def _run_workers(path: str, ranges: list[tuple[int, int]], auditd: bool, acc: _A
                         del buf[:9 + n]
                         if tag == b"R":
                             results[fd] = obj
-                        else:
-                            for key, (cnt, first, last) in obj:
-                                acc.put(key, cnt, first, last)
+                        elif ready:
+                            acc.put_many(obj)
+                        else:                   # ours are not folded yet
+                            pending.append(obj)
                     else:
                         raise RuntimeError("bad message from a scan worker")
             if not block:
@@ -809,7 +1036,13 @@ def _run_workers(path: str, ranges: list[tuple[int, int]], auditd: bool, acc: _A
 
     failed = True
     try:
-        _scan_range(path, ranges[0][0], ranges[0][1], auditd, acc, _rep0)
+        _scan_range(path, ranges[0][0], ranges[0][1], auditd, acc, _rep0, fast)
+        if fold is not None:
+            acc.refold(fold)            # while the workers finish theirs
+        ready = True
+        for obj in pending:
+            acc.put_many(obj)
+        pending.clear()
         _drain(True)
         failed = False
     finally:

@@ -1,0 +1,265 @@
+"""The fast path of `virt-aa denials`: the C raw-key counter and the streamed output.
+
+* the C counter is built here (CI installs gcc and the Python headers; no skip),
+* it gives exactly what the pure-Python path gives: same groups, counts,
+  first/last stamps and counters, on gen-denials output and on fuzzed and
+  hostile auditd text, with any chunking and any number of workers,
+* its API: batches newest-first, a feed after a partial take, stamps and
+  names decoded like the Python helpers, the parent= cut,
+* `denials --file --json` through the big-file path (workers, fold, streamed
+  JSON, the two-process rendering) prints the same document as the line path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import SHARED
+from virt_aa.denials import commands as dc
+from virt_aa.denials import scan
+from virt_aa.denials.scan import _PARENT_RE, _split, _stamp_time, group_file
+
+GEN = SHARED / "tools" / "gen-denials"
+
+
+def test_the_c_counter_is_built() -> None:
+    from virt_aa.denials import _avcscan
+
+    t = _avcscan.Table(os.urandom(8))
+    assert len(t) == 0 and t.kbytes == 0
+    with pytest.raises(ValueError):
+        _avcscan.Table(b"short")
+
+
+def same(a: Any, b: Any) -> None:
+    assert (a.records, a.lines, a.split, a.truncated, a.notices, a.filtered, a.overflow,
+            a.long_lines, a.bytes) == (b.records, b.lines, b.split, b.truncated, b.notices,
+                                       b.filtered, b.overflow, b.long_lines, b.bytes)
+    assert a.raw == b.raw
+
+
+@pytest.fixture(scope="module")
+def audit_logs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    d = tmp_path_factory.mktemp("fast")
+    out = []
+    procs = []
+    for seed in (3, 5):
+        p = d / f"audit{seed}.log"
+        procs.append(subprocess.Popen([sys.executable, str(GEN), "--format", "audit", "--lines",
+                                       "30000", "--seed", str(seed), "-o", str(p)]))
+        out.append(p)
+    for pr in procs:
+        assert pr.wait() == 0
+    return out
+
+
+def test_c_and_python_paths_agree_on_generated_logs(audit_logs: list[Path],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    for path in audit_logs:
+        ref = group_file(str(path), workers=1, fast=False)
+        assert ref.records > 5000
+        for w in (1, 2, 3):
+            same(group_file(str(path), workers=w, fast=True), group_file(str(path), workers=w,
+                                                                        fast=False))
+        same(group_file(str(path), workers=1, fast=True), ref)
+        # small chunks and small flushes: chunk edges and repeated keys across flushes
+        monkeypatch.setattr(scan, "CHUNK", 4096)
+        monkeypatch.setattr(scan, "RAW_FLUSH", 300)
+        monkeypatch.setattr(scan, "RAW_FLUSH_PY", 300)
+        monkeypatch.setattr(scan, "RAW_BATCH", 77)
+        same(group_file(str(path), workers=2, fast=True), group_file(str(path), workers=2,
+                                                                    fast=False))
+        # the group cap: the same groups folded in the same order
+        small_c = group_file(str(path), workers=1, fast=True, max_groups=40)
+        small_py = group_file(str(path), workers=1, fast=False, max_groups=40)
+        same(small_c, small_py)
+        assert small_c.overflow
+        monkeypatch.undo()
+
+
+AVC = ('type=AVC msg=audit({stamp}:{serial}): apparmor="{mode}" operation="{op}"{parent}'
+       '{klass} profile="{prof}" name={name} pid={pid} comm={comm} requested_mask="{m}" '
+       'denied_mask="{m}"{tail}')
+DBUS = ("type=USER_AVC msg=audit({stamp}:{serial}): pid=837 uid=101 auid=4294967295 "
+        "ses=4294967295 subj=unconfined msg='apparmor=\"DENIED\" operation=\"dbus_bind\"  "
+        "bus=\"system\" mask=\"bind\" name=\"org.qemu.{n}\" pid={pid} label=\"{prof}\"  "
+        "exe=\"/usr/bin/dbus-daemon\" sauid=101 hostname=? addr=? terminal=?'")
+OTHER = ['type=SYSCALL msg=audit(1700000000.071:5715): arch=c000003e syscall=257 success=no '
+         'pid=360935 comm="qemu-system-x86"',
+         'type=DAEMON_ERR msg=audit(1700000001.000:1): auditd error: queue-full, dropped',
+         'type=PROCTITLE msg=audit(1700000000.071:5715): proctitle=2F7573722F',
+         'type=AVC msg=audit(1700000002.5:3): apparmor="DENIED" operation="capable" '
+         'profile="libvirt-x" pid=12 comm="q" capability=12  capname="net_admin"',
+         'type=AVC msg=audit(1700000003.5:4): apparmor="ALLOWED" operation="signal" '
+         'profile="libvirt-x" pid=12 comm="q" requested_mask="send" denied_mask="send" '
+         'signal=kill peer="unconfined"']
+
+
+def _name(rng: random.Random) -> str:
+    path = rng.choice(["/var/lib/libvirt/images/a.qcow2", "/etc/shadow", "/tmp/x y",
+                       '/tmp/x" profile="libvirt-evil', "/srv/}{*", "/dev/kvm",
+                       "/tmp/\u00e9t\u00e9", "/a" * rng.randint(1, 40)])
+    if rng.random() < 0.3 or '"' in path or " " in path:
+        return path.encode("utf-8").hex().upper()
+    return f'"{path}"'
+
+
+def fuzz_text(rng: random.Random, n: int) -> bytes:
+    lines: list[bytes] = []
+    for i in range(n):
+        r = rng.random()
+        if r < 0.55:
+            line = AVC.format(
+                stamp=rng.choice(["1700000000.071", "1700000000.5", "17e8", "1_0.5", "x", ""]),
+                serial=i, mode=rng.choice(["DENIED", "ALLOWED", "AUDIT", "denied", "X1"]),
+                op=rng.choice(["open", "file_mmap", "exec", "mknod", "Op"]),
+                parent=rng.choice(["", "", f" parent={rng.randint(1, 9999)}", " parent=",
+                                   " parent=12x"]),
+                klass=rng.choice(["", ' class="file"']),
+                prof=rng.choice(["libvirt-3838b326-8e94-4239-b02b-61c4a3d70628",
+                                 "libvirt-x//qemu_bridge_helper", "virt-aa-helper", ""]),
+                name=_name(rng), pid=rng.choice([str(rng.randint(1, 99999)), "", "x"]),
+                comm=rng.choice(['"qemu-system-x86"', '"a b"', "7166", '"q"']),
+                m=rng.choice(["r", "w", "wr", "k"]),
+                tail=rng.choice(["", " fsuid=64055 ouid=0", ' fsuid=1 ouid=0FSUID="x" OUID="y"',
+                                 " fsuid=", ' target="/x"']))
+        elif r < 0.65:
+            line = DBUS.format(stamp="1700000005.775", serial=i, n=rng.randint(0, 30),
+                               pid=rng.randint(1, 99999),
+                               prof="libvirt-66b2bc5b-50c1-47fc-8e17-7b4e0837b8a3")
+        else:
+            line = rng.choice(OTHER)
+        b = line.encode("utf-8", "surrogateescape")
+        m = rng.random()
+        if m < 0.08:                    # cut anywhere (printk limit, rate limiting)
+            b = b[:rng.randint(0, len(b))]
+        elif m < 0.12:                  # junk bytes in the middle
+            k = rng.randint(0, len(b))
+            b = b[:k] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 8))) + b[k:]
+        elif m < 0.14:                  # two records on a line, a forged one in a value
+            b = b + b" " + b[rng.randint(0, len(b)):]
+        elif m < 0.15:
+            b = b.replace(b"\n", b"") + b"\x00" * 3
+        lines.append(b.replace(b"\n", b" "))
+    if rng.random() < 0.5:              # a huge line, with the separator many times in it
+        lines.insert(rng.randint(0, len(lines)), b'x): apparmor="DENIED" ' * 60000)
+    text = b"\n".join(lines)
+    return text if rng.random() < 0.5 else text + b"\n"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_c_and_python_paths_agree_on_fuzzed_text(tmp_path: Path, seed: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(seed)
+    path = tmp_path / "fuzz.log"
+    path.write_bytes(b"type=AVC msg=audit(1.0:1): x\n" + fuzz_text(rng, 3000))
+    chunk = rng.choice([scan.CHUNK, 1 << 14, 777])
+    monkeypatch.setattr(scan, "CHUNK", chunk)
+    monkeypatch.setattr(scan, "MAX_LINE", rng.choice([scan.MAX_LINE, 1 << 20, 5000]))
+    for w in (1, 2):
+        a = group_file(str(path), workers=w, fast=True)
+        b = group_file(str(path), workers=w, fast=False)
+        assert a.method == "auditd"
+        same(a, b)
+    assert a.records > 1000
+
+
+def test_table_batches_and_helpers_match_python() -> None:
+    from virt_aa.denials import _avcscan
+
+    t = _avcscan.Table(os.urandom(8))
+    rec = ('type=AVC msg=audit({}:1): apparmor="DENIED" operation="open"{} profile="p" '
+           'name={} pid=9 comm="q" requested_mask="r" denied_mask="r" fsuid=1 ouid=0\n')
+    names = ['"/a"', '"/b c"', "2F78", "2F7", '"/x"y"', "", '"']
+    text = "".join(rec.format(stamp, parent, nm)
+                   for stamp in ("1700000000.5", "1700000001.25", "x1")
+                   for parent in ("", " parent=77", " parent=77x")
+                   for nm in names).encode()
+    lines, bad, qf = t.feed(text)
+    assert (lines, bad, qf) == (text.count(b"\n"), [], [])
+    assert len(t) == len(names) * 2 and t.kbytes > 0      # parent=77 shares a key with none
+    first = t.take(3)
+    assert len(first) == 3 and len(t) == len(names) * 2 - 3
+    # a feed after a partial take: the slots are rebuilt, counts keep adding up
+    t.feed(text)
+    rest = t.take(1000)
+    assert len(t) == 0 and t.kbytes == 0 and t.take(5) == []
+    items = first + rest
+    assert sum(i[2] for i in items) == 2 * text.count(b"\n")
+    for tk, name, _n, fst, lst, key in items:
+        assert (tk, name) == _split(key)
+        assert not key.startswith(b'DENIED" operation="open" parent=77 ')
+        assert fst == _stamp_time(b"msg=audit(1700000000.5:1): ")
+        assert lst in (_stamp_time(b"msg=audit(1700000001.25:1): "), None)
+    assert _PARENT_RE.sub(rb"\1", b'DENIED" operation="open" parent=77 x', 1) == \
+        b'DENIED" operation="open" x'
+    # stamps exactly as float() reads them, None where it refuses
+    for s in ("1700000000.071", "1_0.5", " 12 ", "1e3", "nan", "1..2", "", "9" * 400):
+        line = f'type=AVC msg=audit({s}:1): apparmor="DENIED" operation="open" profile="p" ' \
+               f'name="/s" pid=1 comm="q" x=1\n'
+        t.feed(line.encode())
+        [(_, _, _, got, _, _)] = t.take(10)
+        want = _stamp_time(line.split("apparmor=")[0][-36:].encode())
+        assert got == want or (got != got and want != want), s
+
+
+def test_write_json_rows_is_json_dumps_of_rows(tmp_path: Path) -> None:
+    rng = random.Random(1)
+    for n in (10, 60_000):              # 60k: the two-process rendering
+        found = dc.Scan()
+        for i in range(n):
+            prof = rng.choice(["libvirt-3838b326-8e94-4239-b02b-61c4a3d70628",
+                               "libvirt-66b2bc5b-50c1-47fc-8e17-7b4e0837b8a3//qemu_bridge_helper",
+                               "libvirt-00257ad1-eb22-43dd-87c5-421eec24a3c5"])
+            first = rng.choice([None, 1700000000.5 + i, -3.5])
+            found.table[(prof, rng.choice(["denied", "allowed"]), rng.choice(["open", "exec"]),
+                         f"/x/\udcff\"{i}\u00e9", rng.choice(["r", "", "wr"]))] = [
+                rng.randint(1, 9), first, None if first is None else first + 3]
+        names = {"3838b326-8e94-4239-b02b-61c4a3d70628": "web\"01"}
+        out = tmp_path / f"rows{n}.json"
+        with open(out, "w", encoding="ascii") as f:
+            f.write("[")
+            dc.write_json_rows(found, names, f)
+            f.write("]")
+        want = json.dumps(list(dc.rows(found, names)), ensure_ascii=True)
+        assert out.read_text() == want
+        small = io.StringIO()           # no file descriptor: one process
+        dc.write_json_rows(found, names, small)
+        assert "[" + small.getvalue() + "]" == want
+        rows = json.loads(want)
+        assert rows == dc.group_dicts(found.groups.values(), names)
+
+
+def test_big_file_path_prints_what_the_line_path_prints(audit_logs: list[Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from virt_aa import cli
+
+    def run(big: int) -> dict[str, Any]:
+        monkeypatch.setattr(dc, "BIG", big)
+        out = tmp_path / "out.json"
+        with open(out, "w", encoding="utf-8") as f:     # a real descriptor, as in a pipe
+            monkeypatch.setattr(sys, "stdout", f)
+            assert cli.main(["--root", str(tmp_path / "root"), "denials", "--file",
+                             str(audit_logs[0]), "--json"]) == 0
+        monkeypatch.setattr(sys, "stdout", sys.__stdout__)
+        doc: dict[str, Any] = json.loads(out.read_text())
+        return doc
+
+    (tmp_path / "root").mkdir()
+    lines = run(1 << 60)                # the line-by-line path
+    big = run(0)                        # workers, fold, streamed JSON
+    assert big["records"] == lines["records"] and big["warnings"] == lines["warnings"]
+    assert len(big["groups"]) > 1000
+    for g in lines["groups"]:           # the big path keeps no event ids or per-group flags
+        g["event"] = None
+        g["flags"] = {}
+    assert big["groups"] == lines["groups"]
