@@ -1,9 +1,9 @@
 """Group the AppArmor records of a big log file, with bounded memory.
 
 `group_file` splits the file into byte ranges that start at line starts, one
-per worker process (fork; this process scans the first, slightly longer,
-range itself), and reads each range in chunks of 8 MB into one reused buffer
-(the file is never mapped: mapped pages would count as resident memory).
+per worker process (fork; this process scans the first range itself), and
+reads each range in chunks of 8 MB into one reused buffer (the file is never
+mapped: mapped pages would count as resident memory).
 Workers fold their groups the caller's way (`fold`), stream them back
 through a pipe in batches, and this process merges them.
 
@@ -77,7 +77,6 @@ RAW_FLUSH = 250_000         # distinct raw keys kept by an auditd worker before 
 RAW_BYTES = 48 << 20        # ... and bytes held in them
 RAW_BATCH = 20_000          # raw keys decoded at a time
 RAW_FLUSH_PY = 100_000      # the pure-Python path's RAW_FLUSH (its keys cost more memory)
-LEAD = 0.12                 # this process's extra share: the workers also pack up their groups
 TEMPLATES = 65_536          # decoded record templates kept (small tuples)
 
 
@@ -736,12 +735,11 @@ def _is_auditd(sample: bytes) -> bool:
     return good * 10 >= len(lines) * 9
 
 
-def _ranges(fd: int, size: int, parts: int, lead: float = 0.0) -> list[tuple[int, int]]:
-    """Byte ranges covering [0, size), each starting at a line start; the first is `lead`
-    of a share longer than the others."""
+def _ranges(fd: int, size: int, parts: int) -> list[tuple[int, int]]:
+    """Byte ranges covering [0, size), each starting at a line start."""
     cuts = [0]
     for i in range(1, parts):
-        pos = int(size * (i + lead) / (parts + lead))
+        pos = size * i // parts
         if pos <= cuts[-1]:
             continue
         # move to just after the next newline
@@ -915,7 +913,7 @@ def group_file(path: str, workers: int = 2, keep: Keep | None = None,
     try:
         size = os.fstat(fd).st_size
         auditd = _is_auditd(os.pread(fd, 65536, 0))
-        ranges = _ranges(fd, size, max(1, workers), LEAD) if size else [(0, 0)]
+        ranges = _ranges(fd, size, max(1, workers)) if size else [(0, 0)]
     finally:
         os.close(fd)
     acc = _Acc(keep, max_groups)
