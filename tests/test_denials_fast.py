@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -237,6 +238,14 @@ def test_write_json_rows_is_json_dumps_of_rows(tmp_path: Path) -> None:
         assert "[" + small.getvalue() + "]" == want
         rows = json.loads(want)
         assert rows == dc.group_dicts(found.groups.values(), names)
+    # the output going away (`| head`) or filling up: the usual errors, from either process
+    r, w = os.pipe()
+    os.close(r)
+    with os.fdopen(w, "w", encoding="ascii") as gone, pytest.raises(BrokenPipeError):
+        dc.write_json_rows(found, names, gone)
+    with open("/dev/full", "w", encoding="ascii") as full, pytest.raises(OSError) as err:
+        dc.write_json_rows(found, names, full)
+    assert err.value.errno == errno.ENOSPC
 
 
 def test_big_file_path_prints_what_the_line_path_prints(audit_logs: list[Path], tmp_path: Path,

@@ -892,7 +892,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except OSError as exc:
-        print(f"virt-aa: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"virt-aa: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

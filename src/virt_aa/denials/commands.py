@@ -6,6 +6,7 @@ Effects live here (reading logs, libvirt, the store); the analysis is in
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import sys
@@ -453,6 +454,8 @@ def _two_halves(first: list[list[Ordered]], second: list[list[Ordered]],
                 while view:
                     view = view[os.write(fd, view):]
                 sep = ", "
+        except OSError as exc:          # EPIPE (`| head`), ENOSPC...: told by the exit code
+            code = 100 + exc.errno if exc.errno and exc.errno < 150 else 1
         except BaseException:
             code = 1
         finally:
@@ -461,10 +464,16 @@ def _two_halves(first: list[list[Ordered]], second: list[list[Ordered]],
         pieces = list(render(second))
     finally:
         _, status = os.waitpid(pid, 0)
-    if status != 0:
-        raise RuntimeError("the rendering worker failed")
+    code = os.waitstatus_to_exitcode(status)
+    if code == 100 + errno.EPIPE:       # the reader went away: as if this process had written
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+    if code > 100:
+        raise OSError(code - 100, os.strerror(code - 100) + " (writing the output)")
+    if code != 0:
+        raise RuntimeError(f"the rendering worker failed (exit {code})")
     for piece in pieces:
         out.write(", " + piece)
+
 
 
 def proposals_for(group: Group, matches: Callable[[str, str], bool]) -> list[dict[str, Any]]:
