@@ -272,3 +272,27 @@ def test_big_file_path_prints_what_the_line_path_prints(audit_logs: list[Path], 
         g["event"] = None
         g["flags"] = {}
     assert big["groups"] == lines["groups"]
+    monkeypatch.setattr(scan, "MAX_GROUPS", 100)    # past the cap: counted, and said
+    capped = run(0)
+    assert sum(g["count"] for g in capped["groups"]) == sum(g["count"] for g in big["groups"])
+    assert any(g["resource"] == "?" for g in capped["groups"])
+    assert any("rarely seen" in w for w in capped["warnings"])
+
+
+def test_names_have_a_byte_budget_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """150k groups of 4 KiB names would be 600 MB: names count against a budget as well."""
+    path = tmp_path / "long.log"
+    with open(path, "w", encoding="ascii") as f:
+        for i in range(300):
+            f.write(f'type=AVC msg=audit(1700000000.{i:03d}:{i}): apparmor="DENIED" '
+                    f'operation="open" profile="libvirt-3838b326-8e94-4239-b02b-61c4a3d70628" '
+                    f'name="/{i:04d}{"x" * 20000}" pid=1 comm="q" requested_mask="r" '
+                    f'denied_mask="r"\n')
+    monkeypatch.setattr(scan, "MAX_GROUP_BYTES", 200_000)
+    for w in (1, 2):
+        a = group_file(str(path), workers=w, fast=True)
+        b = group_file(str(path), workers=w, fast=False)
+        same(a, b)
+        named = [k for k in a.raw if k[3] is not None]
+        assert 10 <= len(named) <= 2 * 11 and a.overflow == 300 - len(named)
+        assert sum(v[0] for v in a.raw.values()) == 300

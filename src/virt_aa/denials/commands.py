@@ -62,6 +62,7 @@ class Scan:
         self._groups: dict[GKey, Group] = {}
         self.notices: dict[str, int] = {}
         self.records = 0
+        self.overflow = 0               # records past the scanner's group cap
         self.kind = "file"
 
     @property
@@ -196,6 +197,7 @@ def _scan_big(path: str, uuid: str | None, result: Scan) -> Scan:
     result.kind = "file"
     result.records = res.records
     result.notices = dict(res.notices)
+    result.overflow = res.overflow
     result.table = res.raw              # type: ignore[assignment]
     return result
 
@@ -242,6 +244,13 @@ def honesty(scan_: Scan, store: Store, profiles: Iterable[str]) -> list[str]:
                                       "(callbacks suppressed)",
               "journal missed": "journald missed kernel messages",
               "imjournal lost": "rsyslog lost journal messages"}
+    if scan_.overflow:
+        from .scan import MAX_GROUP_BYTES, MAX_GROUPS
+
+        out.append(f"{scan_.overflow} record(s) of rarely seen accesses are counted per VM, "
+                   f"mode and operation only (resource '?'): the scan keeps at most "
+                   f"{MAX_GROUPS} groups and {MAX_GROUP_BYTES >> 20} MiB of names to bound "
+                   f"its memory; name the domain or narrow the file to see them")
     for note, n in sorted(scan_.notices.items()):
         out.append(f"{labels.get(note, note)}: {n} notice(s) in this window; counts are "
                    f"lower bounds")

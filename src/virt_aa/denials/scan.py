@@ -73,6 +73,7 @@ Fold = Callable[[GroupKey], "tuple[Any, ...] | None"]   # a caller's own groupin
 CHUNK = 8 << 20             # bytes read per step
 MAX_LINE = 16 << 20         # a longer line is cut there (and counted in ``long_lines``)
 MAX_GROUPS = 150_000        # beyond this, new groups are folded into one per profile/mode/op
+MAX_GROUP_BYTES = 32 << 20  # ... and beyond this many bytes of resource names
 RAW_FLUSH = 250_000         # distinct raw keys kept by an auditd worker before decoding them
 RAW_BYTES = 48 << 20        # ... and bytes held in them
 RAW_BATCH = 20_000          # raw keys decoded at a time
@@ -159,6 +160,7 @@ class _Acc:
     def __init__(self, keep: Keep | None, max_groups: int) -> None:
         self.keep = keep
         self.max_groups = max_groups
+        self.room = MAX_GROUP_BYTES     # bytes of resource names new groups may still add
         self.groups: dict[Any, list[Any]] = {}     # GroupKey, or what `refold` made of it
         self.interned: dict[str, str] = {}
         self.records = 0
@@ -195,12 +197,13 @@ class _Acc:
             # share the strings that repeat across groups (memory: ~150 k groups)
             i = self._intern
             key = (i(key[0]), i(key[1]) or "", i(key[2]), key[3], i(key[4]), i(key[5]))
-            if len(self.groups) >= self.max_groups:
+            if len(self.groups) >= self.max_groups or self.room <= 0:
                 self.overflow += n
                 key = (key[0], key[1], key[2], None, None, None)
                 g = self.groups.get(key)
             if g is None:
                 self.groups[key] = [n, first, last]
+                self.room -= len(key[3] or "")
                 return
         _widen(g, n, first, last)
 
@@ -224,8 +227,9 @@ class _Acc:
         for key, v in items:
             g = gget(key)
             if g is None:
-                if len(groups) < cap:
+                if len(groups) < cap and self.room > 0:
                     groups[key] = v
+                    self.room -= sum(len(x) for x in key if isinstance(x, str))
                     continue
                 self.overflow += v[0]
                 key = key[:3] + (None,) * (len(key) - 3)
@@ -578,8 +582,9 @@ class _Audit:
                     gk = (prof, mode, op, name, req, den)
                     g = gget(gk)
                     if g is None:
-                        if len(groups) < cap:
+                        if len(groups) < cap and acc.room > 0:
                             groups[gk] = [n, first, last]
+                            acc.room -= len(name)
                         else:
                             put(gk, n, first, last)
                         continue
@@ -892,7 +897,7 @@ def no_gc() -> Iterator[None]:
 
 def group_file(path: str, workers: int = 2, keep: Keep | None = None,
                progress: Callable[[int, int], None] | None = None, *,
-               max_groups: int = MAX_GROUPS, fast: bool | None = None,
+               max_groups: int | None = None, fast: bool | None = None,
                fold: Fold | None = None) -> ScanResult:
     """Group the AppArmor records of the log file `path`.
 
@@ -916,6 +921,8 @@ def group_file(path: str, workers: int = 2, keep: Keep | None = None,
         ranges = _ranges(fd, size, max(1, workers)) if size else [(0, 0)]
     finally:
         os.close(fd)
+    if max_groups is None:
+        max_groups = MAX_GROUPS
     acc = _Acc(keep, max_groups)
     with no_gc():
         if len(ranges) <= 1 or workers <= 1:
