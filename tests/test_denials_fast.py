@@ -19,6 +19,7 @@ import os
 import random
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +216,7 @@ def test_table_batches_and_helpers_match_python() -> None:
 
 def test_write_json_rows_is_json_dumps_of_rows(tmp_path: Path) -> None:
     rng = random.Random(1)
-    for n in (10, 60_000):              # 60k: the two-process rendering
+    for n in (10, 60_000):
         found = dc.Scan()
         for i in range(n):
             prof = rng.choice(["libvirt-3838b326-8e94-4239-b02b-61c4a3d70628",
@@ -238,7 +239,7 @@ def test_write_json_rows_is_json_dumps_of_rows(tmp_path: Path) -> None:
         assert "[" + small.getvalue() + "]" == want
         rows = json.loads(want)
         assert rows == dc.group_dicts(found.groups.values(), names)
-    # the output going away (`| head`) or filling up: the usual errors, from either process
+    # the output going away (`| head`) or filling up: the usual errors
     r, w = os.pipe()
     os.close(r)
     with os.fdopen(w, "w", encoding="ascii") as gone, pytest.raises(BrokenPipeError):
@@ -248,35 +249,79 @@ def test_write_json_rows_is_json_dumps_of_rows(tmp_path: Path) -> None:
     assert err.value.errno == errno.ENOSPC
 
 
-def test_big_file_path_prints_what_the_line_path_prints(audit_logs: list[Path], tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_big_file_paths_print_what_the_line_path_prints(
+        audit_logs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two-process document (denials/pair.py), the one-process one (scan workers, then
+    one renderer) and the line-by-line path's agree, for all guests and for one."""
     from virt_aa import cli
+    from virt_aa.denials import pair
 
-    def run(big: int) -> dict[str, Any]:
+    def run(big: int, *dom: str) -> dict[str, Any]:
         monkeypatch.setattr(dc, "BIG", big)
         out = tmp_path / "out.json"
         with open(out, "w", encoding="utf-8") as f:     # a real descriptor, as in a pipe
             monkeypatch.setattr(sys, "stdout", f)
-            assert cli.main(["--root", str(tmp_path / "root"), "denials", "--file",
+            assert cli.main(["--root", str(tmp_path / "root"), "denials", *dom, "--file",
                              str(audit_logs[0]), "--json"]) == 0
         monkeypatch.setattr(sys, "stdout", sys.__stdout__)
         doc: dict[str, Any] = json.loads(out.read_text())
         return doc
 
+    def plain(doc: dict[str, Any]) -> dict[str, Any]:
+        for g in doc["groups"]:         # the big paths keep no event ids or per-group flags
+            g["event"] = None
+            g["flags"] = {}
+        return doc
+
     (tmp_path / "root").mkdir()
-    lines = run(1 << 60)                # the line-by-line path
-    big = run(0)                        # workers, fold, streamed JSON
-    assert big["records"] == lines["records"] and big["warnings"] == lines["warnings"]
-    assert len(big["groups"]) > 1000
-    for g in lines["groups"]:           # the big path keeps no event ids or per-group flags
-        g["event"] = None
-        g["flags"] = {}
-    assert big["groups"] == lines["groups"]
+    lines = plain(run(1 << 60))         # the line-by-line path
+    two = run(0)                        # both processes to the end
+    assert len(two["groups"]) > 1000 and two == lines
+    calls: list[int] = []
+    real = pair.denials_json
+
+    def one_process(*a: Any, **k: Any) -> bool:
+        calls.append(1)
+        return False
+    monkeypatch.setattr(pair, "denials_json", one_process)
+    assert run(0) == lines and calls    # the one-process path (1 CPU)
+    monkeypatch.setattr(pair, "denials_json", real)
+    uuid = Counter(g["uuid"] for g in two["groups"]).most_common(1)[0][0]
+    one = run(0, uuid)
+    assert one["groups"] and all(g["uuid"] == uuid for g in one["groups"])
+    assert one == plain(run(1 << 60, uuid))
     monkeypatch.setattr(scan, "MAX_GROUPS", 100)    # past the cap: counted, and said
     capped = run(0)
-    assert sum(g["count"] for g in capped["groups"]) == sum(g["count"] for g in big["groups"])
+    assert sum(g["count"] for g in capped["groups"]) == sum(g["count"] for g in two["groups"])
     assert any(g["resource"] == "?" for g in capped["groups"])
     assert any("rarely seen" in w for w in capped["warnings"])
+
+
+def test_two_process_output_errors_are_the_usual_ones(audit_logs: list[Path]) -> None:
+    """The worker writes half the document itself: a reader that went away or a full disk
+    is reported as if this process had hit it, and nothing is left running."""
+    from virt_aa.denials import pair
+
+    def go(out: Any) -> bool:
+        return pair.denials_json(str(audit_logs[1]), None, out, lambda u: {},
+                                 lambda found, profiles: [])
+
+    r, w = os.pipe()
+    os.close(r)
+    gone = os.fdopen(w, "w", encoding="ascii")
+    with pytest.raises(BrokenPipeError):
+        go(gone)
+    with pytest.raises(BrokenPipeError):
+        gone.close()                    # what is still buffered cannot go either
+    full = open("/dev/full", "w", encoding="ascii")   # noqa: SIM115
+    with pytest.raises(OSError) as err:
+        go(full)
+    assert err.value.errno == errno.ENOSPC
+    with pytest.raises(OSError):
+        full.close()
+    assert not go(io.StringIO())        # no descriptor: the caller's one-process path
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)      # every worker was waited for
 
 
 def test_names_have_a_byte_budget_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

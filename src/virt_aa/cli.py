@@ -340,12 +340,19 @@ def _denial_scan(args: argparse.Namespace) -> tuple[Any, str | None, VM | None,
         raise CliError(str(exc)) from None
     from .denials.report import uuid_of
 
-    uuids = {u for u in map(uuid_of, found.profiles()) if u}
+    names = _vm_names(args, {u for u in map(uuid_of, found.profiles()) if u}, vm)
+    return found, uuid, vm, names
+
+
+def _vm_names(args: argparse.Namespace, uuids: set[str], vm: VM | None) -> dict[str, str]:
+    """Names for the VMs of these UUIDs: stored, libvirt's (unless offline), --xml's."""
+    from .denials import commands as dc
+
     uri = args.connect if (args.connect or not args.file) else None
     names = dc.vm_names(_store(args), uuids, uri)
     if vm is not None:
         names[vm.uuid] = vm.dom.name
-    return found, uuid, vm, names
+    return names
 
 
 def cmd_denials(args: argparse.Namespace) -> int:
@@ -358,6 +365,20 @@ def cmd_denials(args: argparse.Namespace) -> int:
 def _denials(args: argparse.Namespace) -> int:
     from .denials import commands as dc
 
+    if getattr(args, "json", False) and not sys.stdout.isatty() and dc.big_file(args):
+        # a big file to a pipe or file: both cores to the last byte (denials/pair.py)
+        from .denials.pair import denials_json
+
+        uuid, vm = _log_domain(args)
+        progress = dc.Progress(os.path.getsize(args.file), "scanning")
+        try:
+            if denials_json(args.file, uuid, sys.stdout,
+                            lambda uuids: _vm_names(args, uuids, vm),
+                            lambda found, profiles: dc.honesty(found, _store(args), profiles),
+                            progress.update):
+                return 0
+        finally:
+            progress.close()
     found, _, _, names = _denial_scan(args)
     warnings = dc.honesty(found, _store(args), {p.split("//")[0] for p in found.profiles()})
     rows = dc.rows(found, names)

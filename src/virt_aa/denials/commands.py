@@ -117,7 +117,7 @@ def scan(args: Any, uuid: str | None = None) -> Scan:
     result = Scan()
     since = sources.parse_time(args.since)
     until = sources.parse_time(args.until)
-    if _big_plain_file(args) and since is None and until is None:
+    if big_file(args):
         return _scan_big(args.file, uuid, result)
     want = for_domain(uuid)
     kind, streams, total = _lines(args)
@@ -150,6 +150,11 @@ def scan(args: Any, uuid: str | None = None) -> Scan:
 BIG = 64 << 20
 
 
+def big_file(args: Any) -> bool:
+    """A plain file of BIG bytes or more, read whole: the parallel scanner's job."""
+    return _big_plain_file(args) and args.since is None and args.until is None
+
+
 def _big_plain_file(args: Any) -> bool:
     f = args.file
     if not f or f == "-" or f.endswith(".gz") or args.follow:
@@ -172,6 +177,24 @@ def _scan_big(path: str, uuid: str | None, result: Scan) -> Scan:
         progress.update(now - done[0])
         done[0] = now
 
+    keep, fold = keep_fold(uuid)
+    try:
+        res = group_file(path, workers=max(1, min(2, os.cpu_count() or 1)), keep=keep,
+                         progress=tick, fold=fold)
+    finally:
+        progress.close()
+    result.kind = "file"
+    result.records = res.records
+    result.notices = dict(res.notices)
+    result.overflow = res.overflow
+    result.table = res.raw              # type: ignore[assignment]
+    return result
+
+
+def keep_fold(uuid: str | None) -> tuple[Callable[[str | None], bool],
+                                         Callable[[Any], GKey | None]]:
+    """What the scanner should keep (guests' profiles; one domain's with `uuid`) and how it
+    folds its groups into ours (DENIED/ALLOWED only, perms = denied or requested)."""
     kept: dict[str | None, bool] = {}
 
     def keep(profile: str | None) -> bool:
@@ -189,17 +212,7 @@ def _scan_big(path: str, uuid: str | None, result: Scan) -> Scan:
             return None
         return (k[0], m, k[2] or "?", k[3] or "?", k[5] or k[4] or "")
 
-    try:
-        res = group_file(path, workers=max(1, min(2, os.cpu_count() or 1)), keep=keep,
-                         progress=tick, fold=fold)
-    finally:
-        progress.close()
-    result.kind = "file"
-    result.records = res.records
-    result.notices = dict(res.notices)
-    result.overflow = res.overflow
-    result.table = res.raw              # type: ignore[assignment]
-    return result
+    return keep, fold
 
 
 def _count(records: Iterable[Any], result: Scan) -> Iterator[Any]:
@@ -380,11 +393,8 @@ def rows(scan_: Scan, names: dict[str, str]) -> Iterator[dict[str, Any]]:
 
 def write_json_rows(scan_: Scan, names: dict[str, str], out: Any, per: int = 2000) -> None:
     """`rows` written to the text stream `out` as JSON (``json.dumps`` of each row, joined
-    by ", "), `per` rows at a time: big tables never sit in memory as one document.  With
-    100k rows and a real file descriptor a forked child renders the second half meanwhile
-    and writes it after this process's half."""
+    by ", "), `per` rows at a time: big tables never sit in memory as one document."""
     import json
-    from json.encoder import encode_basestring_ascii as enc
 
     if not scan_.table:
         it = rows(scan_, names)
@@ -396,11 +406,25 @@ def write_json_rows(scan_: Scan, names: dict[str, str], out: Any, per: int = 200
             out.write(sep + json.dumps(chunk, ensure_ascii=True)[1:-1])
             sep = ", "
     parts, info = _by_vm(scan_, names)
+    render = json_renderer(info, per)
+
+    sep = ""
+    for piece in render(parts):
+        out.write(sep + piece)
+        sep = ", "
+
+
+def json_renderer(info: dict[str, Any], per: int = 2000
+                  ) -> Callable[[list[list[Ordered]]], Iterator[str]]:
+    """JSON text of `_by_vm` parts, `per` rows a piece (`info`: `_by_vm`'s per profile)."""
+    import json
+    from json.encoder import encode_basestring_ascii as enc
+
     head = {p: f'{{"vm": {enc(vm)}, "profile": {enc(p)}, "uuid": {json.dumps(u)}, '
                   f'"child": {json.dumps(child, ensure_ascii=True)}, "operation": '
             for p, (vm, u, child) in info.items()}
 
-    def render(part: list[list[Ordered]]) -> Iterator[str]:
+    def render(parts: list[list[Ordered]]) -> Iterator[str]:
         iso = _Iso()
         words: dict[str, str] = {}
 
@@ -411,7 +435,7 @@ def write_json_rows(scan_: Scan, names: dict[str, str], out: Any, per: int = 200
             return w
 
         rows_: list[str] = []
-        for negn, op, resource, mode, perms, prof, first, last in _sorted(part):
+        for negn, op, resource, mode, perms, prof, first, last in _sorted(parts):
             f = iso(first)
             la = iso(last)
             rows_.append(
@@ -426,63 +450,26 @@ def write_json_rows(scan_: Scan, names: dict[str, str], out: Any, per: int = 200
         if rows_:
             yield ", ".join(rows_)
 
-    try:
-        fd = out.fileno()
-    except (AttributeError, OSError, ValueError):
-        fd = -1
-    total = sum(map(len, parts))
-    if total < 50_000 or fd < 0 or (os.cpu_count() or 1) < 2:
-        sep = ""
-        for piece in render(parts):
-            out.write(sep + piece)
-            sep = ", "
-        return
-    k = done = 0
-    while k < len(parts) - 1 and done + len(parts[k]) <= total // 2:
-        done += len(parts[k])
-        k += 1
-    k = max(k, 1)
-    _two_halves(parts[:k], parts[k:], render, out, fd)
+    return render
 
 
-def _two_halves(first: list[list[Ordered]], second: list[list[Ordered]],
-                render: Callable[[list[list[Ordered]]], Iterator[str]], out: Any,
-                fd: int) -> None:
-    """A forked child sorts and writes render(first) to `fd` as it goes while this process
-    renders `second` (the VMs after those), which it writes once the child is done: both
-    cores, and neither process holds more than half the text."""
-    out.flush()
-    pid = os.fork()
-    if pid == 0:                        # child: render and write the first half, exit
-        code = 0
-        try:
-            sep = ""
-            for piece in render(first):
-                data = (sep + piece).encode("ascii")
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                sep = ", "
-        except OSError as exc:          # EPIPE (`| head`), ENOSPC...: told by the exit code
-            code = 100 + exc.errno if exc.errno and exc.errno < 150 else 1
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    try:
-        pieces = list(render(second))
-    finally:
-        _, status = os.waitpid(pid, 0)
+def raise_for_child(status: int, what: str) -> None:
+    """A forked helper's wait status as this process's error: the errno it exited with
+    (100 + errno: EPIPE when the reader went away, ENOSPC...), else a failure."""
     code = os.waitstatus_to_exitcode(status)
-    if code == 100 + errno.EPIPE:       # the reader went away: as if this process had written
+    if code == 100 + errno.EPIPE:
         raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
     if code > 100:
         raise OSError(code - 100, os.strerror(code - 100) + " (writing the output)")
     if code != 0:
-        raise RuntimeError(f"the rendering worker failed (exit {code})")
-    for piece in pieces:
-        out.write(", " + piece)
+        raise RuntimeError(f"{what} failed (exit {code})")
 
+
+def child_code(exc: BaseException) -> int:
+    """The exit code that tells `raise_for_child` what went wrong in a forked helper."""
+    if isinstance(exc, OSError) and exc.errno and exc.errno < 150:
+        return 100 + exc.errno
+    return 1
 
 
 def proposals_for(group: Group, matches: Callable[[str, str], bool]) -> list[dict[str, Any]]:
