@@ -7,12 +7,14 @@
     .venv/bin/python bench/denials_speed.py --libapparmor    # also LibAppArmor's count (slow)
 
 The log comes from shared/tools/gen-denials (``--format audit --seed 42``).
-Baseline: ``grep -c 'apparmor="DENIED"' FILE``.  Ours: ``group_file(FILE)``
-(full parsing and grouping) in a fresh process.  The two are run in turn
-(A B A B ...) after one warm-up each; the ratio printed is the median of the
-pair-by-pair ratios, so drift of the machine cancels out.  Peak RSS is
-reported for the scanning process itself and for its largest worker
-(``getrusage`` SELF / CHILDREN inside the runner).
+Baseline: ``grep -c 'apparmor="DENIED"' FILE``.  Ours, each in a fresh
+process: ``group_file(FILE)`` (full parsing and grouping, the library call)
+and ``virt-aa denials --file FILE --json > /dev/null`` (the command, with
+an empty ``--root``: parsing, grouping, VM mapping, warnings and 100k+ groups
+of JSON).  They are run in turn (A B C A B C ...) after one warm-up each; the
+ratios printed are medians of the run-by-run ratios, so drift of the machine
+cancels out.  Peak RSS is reported for each process itself and for its
+largest worker (``getrusage`` SELF / CHILDREN inside the runner).
 
 Target (the issue's): at most 3x grep on a 2-core machine, every process
 under 200 MB resident.
