@@ -341,3 +341,37 @@ def test_names_have_a_byte_budget_too(tmp_path: Path, monkeypatch: pytest.Monkey
         named = [k for k in a.raw if k[3] is not None]
         assert 10 <= len(named) <= 2 * 11 and a.overflow == 300 - len(named)
         assert sum(v[0] for v in a.raw.values()) == 300
+
+
+@pytest.mark.slow
+def test_c_counter_under_address_and_undefined_behaviour_sanitizers(tmp_path: Path) -> None:
+    """The C counter reads hostile bytes: build it with ASan + UBSan and run the fuzz,
+    table and budget tests against that build (any bad access aborts the run)."""
+    import shutil
+    import sysconfig
+
+    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    assert os.path.exists(libasan), "gcc's libasan is missing (scripts/setup.sh installs gcc)"
+    src = Path(__file__).resolve().parents[1] / "src"
+    pkg = tmp_path / "virt_aa"
+    shutil.copytree(src / "virt_aa", pkg, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    so = pkg / "denials" / ("_avcscan" + sysconfig.get_config_var("EXT_SUFFIX"))
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
+                    "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                    f"-I{sysconfig.get_paths()['include']}",
+                    str(src / "virt_aa" / "denials" / "_avcscan.c"), "-o", str(so)], check=True)
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{Path(__file__).parent}",
+               LD_PRELOAD=os.path.realpath(libasan), ASAN_OPTIONS="detect_leaks=0",
+               UBSAN_OPTIONS="print_stacktrace=1")
+    where = subprocess.run([sys.executable, "-c", "import virt_aa.denials._avcscan as a; "
+                            "print(a.__file__)"], capture_output=True, text=True, env=env,
+                           check=True).stdout.strip()
+    assert where == str(so)             # the instrumented copy is what the tests import
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(Path(__file__)), "-k", "fuzzed or table or budget"],
+                          capture_output=True, text=True, env=env, check=False,
+                          cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "passed" in proc.stdout and "ERROR: AddressSanitizer" not in proc.stderr
+
