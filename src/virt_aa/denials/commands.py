@@ -353,12 +353,14 @@ def _sorted(parts: list[list[Ordered]]) -> Iterator[Ordered]:
 
 
 class _Iso:
-    """`report._iso` for many stamps: the date once per day, the string once per second."""
+    """`report._iso` for many stamps: the date once per day, the string once per second
+    (`quote`: with the JSON quotes around it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, quote: str = "") -> None:
         self.days: dict[int, str] = {}
         self.secs: dict[float, str] = {}
         self.hm = [f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60)]
+        self.quote = quote
 
     def __call__(self, t: float | None) -> str | None:
         if t is None:
@@ -372,7 +374,8 @@ class _Iso:
                 day = self.days[d] = time.strftime("%Y-%m-%dT", time.gmtime(d * 86400))
             if len(self.secs) > 65536:
                 self.secs.clear()
-            s = self.secs[sec] = f"{day}{self.hm[r // 60]}{r % 60:02d}Z"
+            s = self.secs[sec] = (f"{self.quote}{day}{self.hm[r // 60]}{r % 60:02d}Z"
+                                  f"{self.quote}")
         return s
 
 
@@ -425,24 +428,25 @@ def json_renderer(info: dict[str, Any], per: int = 2000
             for p, (vm, u, child) in info.items()}
 
     def render(parts: list[list[Ordered]]) -> Iterator[str]:
-        iso = _Iso()
+        iso = _Iso('"')
+        stamps = iso.secs
+        lead: dict[tuple[str, str, str], str] = {}    # the row up to its resource
         words: dict[str, str] = {}
 
-        def word(v: str) -> str:
-            w = words.get(v)
-            if w is None:
-                w = words[v] = enc(v)
-            return w
+        def start(prof: str, op: str, mode: str) -> str:
+            s = lead[prof, op, mode] = (
+                f'{head[prof]}{enc(op)}, "mode": {enc(mode)}, "resource": ')
+            return s
 
         rows_: list[str] = []
         for negn, op, resource, mode, perms, prof, first, last in _sorted(parts):
-            f = iso(first)
-            la = iso(last)
+            # stamps: one dict lookup per second already seen (`_Iso` fills it)
+            f = "null" if first is None else stamps.get(first // 1) or iso(first)
+            la = "null" if last is None else stamps.get(last // 1) or iso(last)
+            p = words.get(perms) or words.setdefault(perms, enc(perms))
             rows_.append(
-                f'{head[prof]}{word(op)}, "mode": {word(mode)}, "resource": {enc(resource)}, '
-                f'"perms": {word(perms)}, "count": {-negn}, '
-                f'"first_seen": {"null" if f is None else chr(34) + f + chr(34)}, '
-                f'"last_seen": {"null" if la is None else chr(34) + la + chr(34)}, '
+                f'{lead.get((prof, op, mode)) or start(prof, op, mode)}{enc(resource)}, '
+                f'"perms": {p}, "count": {-negn}, "first_seen": {f}, "last_seen": {la}, '
                 f'"event": null, "flags": {{}}}}')
             if len(rows_) == per:
                 yield ", ".join(rows_)
