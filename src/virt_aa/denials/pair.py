@@ -95,26 +95,11 @@ class _Chan:
         return self._take()
 
 
-def _route(acc: S._Acc, fold: Any, ours: Callable[[str], bool]) -> list[Any]:
-    """`refold`, keeping the groups of our VMs and returning the others (for the peer)."""
-    raw = acc.groups
-    acc.groups = {}
-    keep: list[Any] = []
-    give: list[Any] = []
-    while raw:
-        key, v = raw.popitem()
-        fk = fold(key)
-        if fk is None:
-            acc.filtered += v[0]
-        elif ours(fk[0]):
-            keep.append((fk, v))
-            if len(keep) == 10_000:
-                acc.put_many(keep)
-                keep = []
-        else:
-            give.append((fk, v))
-    acc.put_many(keep)
-    return give
+def _route(acc: S._Acc, ours: Callable[[str], bool]) -> list[Any]:
+    """Take the groups of the other process's VMs out of `acc`, for it."""
+    give = [k for k in acc.groups if not ours(k[0])]
+    pop = acc.groups.pop
+    return [(k, pop(k)) for k in give]
 
 
 def denials_json(path: str, uuid: str | None, out: IO[str],
@@ -181,14 +166,14 @@ def _worker(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any,
             down: int, fd_out: int) -> int:
     chan = _Chan(down, up)
     with S.no_gc():
-        acc = S._Acc(keep, S.MAX_GROUPS)
+        acc = S._Acc(keep, S.MAX_GROUPS, fold)
         S._scan_range(path, rng[0], rng[1], auditd, acc, None)
         st = acc.state()
         st["groups"] = {}
         chan.send((st, Counter(k[0] for k in acc.groups)))
         mine, names = chan.recv()
         st0 = (acc.filtered, acc.overflow)
-        acc.put_many(chan.swap(_route(acc, fold, mine.__contains__)))
+        acc.put_many(chan.swap(_route(acc, mine.__contains__)))
         found = Scan()
         found.table = acc.groups
         chan.send((acc.filtered - st0[0], acc.overflow - st0[1], len(acc.groups),
@@ -211,7 +196,7 @@ def _lead(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any, u
     from .report import uuid_of
 
     chan = _Chan(up, down)
-    acc = S._Acc(keep, S.MAX_GROUPS)
+    acc = S._Acc(keep, S.MAX_GROUPS, fold)
     share = max(1, rng[1] - rng[0])
     total = os.path.getsize(path)
     report = None if tick is None else (lambda k: tick(k * total // share))
@@ -239,7 +224,7 @@ def _lead(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any, u
     chan.send((mine, names))
     out.write(json.dumps({"source": "file", "records": acc.records})[:-1] + ', "groups": [')
     out.flush()                         # before the worker writes its VMs
-    acc.put_many(chan.swap(_route(acc, fold, lambda p: p not in mine)))
+    acc.put_many(chan.swap(_route(acc, lambda p: p not in mine)))
     filtered, overflow, their_rows, their_profiles = chan.recv()
     acc.filtered += filtered
     acc.overflow += overflow

@@ -4,8 +4,8 @@
 per worker process (fork; this process scans the first range itself), and
 reads each range in chunks of 8 MB into one reused buffer (the file is never
 mapped: mapped pages would count as resident memory).
-Workers fold their groups the caller's way (`fold`), stream them back
-through a pipe in batches, and this process merges them.
+Groups are keyed the caller's way (`fold`) as they are made; workers stream
+theirs back through a pipe in batches, and this process merges them.
 
 Two ways through a chunk:
 
@@ -158,11 +158,12 @@ class ScanResult:
 class _Acc:
     """Per-process accumulator: groups plus counters."""
 
-    def __init__(self, keep: Keep | None, max_groups: int) -> None:
+    def __init__(self, keep: Keep | None, max_groups: int, fold: Fold | None = None) -> None:
         self.keep = keep
+        self.fold = fold
         self.max_groups = max_groups
         self.room = MAX_GROUP_BYTES     # bytes of resource names new groups may still add
-        self.groups: dict[Any, list[Any]] = {}     # GroupKey, or what `refold` made of it
+        self.groups: dict[Any, list[Any]] = {}     # GroupKey, or what `fold` makes of it
         self.interned: dict[str, str] = {}
         self.records = 0
         self.lines = 0
@@ -193,7 +194,13 @@ class _Acc:
         self.put(key, n, first, last)
 
     def put(self, key: GroupKey, n: int, first: float | None, last: float | None) -> None:
-        g = self.groups.get(key)
+        """Count `n` records under the group key `key` (folded, capped, its strings shared)."""
+        fold = self.fold
+        fk: Any = key if fold is None else fold(key)
+        if fk is None:
+            self.filtered += n
+            return
+        g = self.groups.get(fk)
         if g is None:
             # share the strings that repeat across groups (memory: ~150 k groups)
             i = self._intern
@@ -201,9 +208,13 @@ class _Acc:
             if len(self.groups) >= self.max_groups or self.room <= 0:
                 self.overflow += n
                 key = (key[0], key[1], key[2], None, None, None)
-                g = self.groups.get(key)
+            fk = key if fold is None else fold(key)
+            if fk is None:
+                self.filtered += n
+                return
+            g = self.groups.get(fk)
             if g is None:
-                self.groups[key] = [n, first, last]
+                self.groups[fk] = [n, first, last]
                 self.room -= len(key[3] or "")
                 return
         _widen(g, n, first, last)
@@ -240,24 +251,6 @@ class _Acc:
                     continue
             _widen(g, v[0], v[1], v[2])
 
-    def refold(self, fold: Fold) -> None:
-        """Re-key the groups with the caller's `fold` (None drops a group: counted in
-        `filtered`); each worker does it to its own groups before they are merged."""
-        raw = self.groups
-        self.groups = {}
-        items = []
-        while raw:                      # consumed as it is folded: never both in memory
-            key, v = raw.popitem()
-            fk = fold(key)
-            if fk is None:
-                self.filtered += v[0]
-            else:
-                items.append((fk, v))
-                if len(items) == 10_000:
-                    self.put_many(items)
-                    items = []
-        self.put_many(items)
-
     def merge(self, st: dict[str, Any]) -> None:
         for k in ("records", "lines", "split", "truncated", "filtered", "overflow", "long_lines"):
             setattr(self, k, getattr(self, k) + st[k])
@@ -286,6 +279,7 @@ def group_key(rec: Record) -> GroupKey:
 # ---------------------------------------------------------------- auditd fast path
 
 _G0, _G1, _G2, _GL = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(-1)
+_PROBE = "\0probe"          # a name no record has: what a template does with the name
 # `MODE" operation="OP" parent=N`: the parent's pid varies like the pid (raw keys drop it)
 _PARENT_RE = re.compile(rb'^([A-Z]+" operation="[a-z_]+") parent=[0-9]+(?= )')
 _WIN = slice(-36, None)     # the bytes before apparmor=": "...audit(EPOCH.mmm:SERIAL): "
@@ -529,16 +523,17 @@ class _Audit:
         return f, _tokens('apparmor="' + head.decode("utf-8", "surrogateescape"), f)
 
     def _template(self, tk: bytes) -> tuple[Any, ...]:
-        """(profile, mode, operation, requested, denied, cut, kept) shared by every record
-        with this text before name= and after comm= (`tk`: the two joined by NUL), if the
-        name is what it is about (else empty)."""
+        """What every record with this text before name= and after comm= (`tk`: the two
+        joined by NUL) shares, if the name is what it is about (else empty): the group key
+        around the name (head, tail: head + (name,) + tail, or head alone when `fold`
+        drops the name), cut, kept, and the same for the unfolded key."""
         pre, _, rest = tk.partition(b"\0")
         f, popen = self._cached(pre, self.pre_cache, 'apparmor="')
         mode = f.get("apparmor", "")
         if popen or "name" in f or not _MODE_RE.fullmatch(mode):
             return ()
         f = dict(f)
-        f["name"] = "\0probe"
+        f["name"] = _PROBE
         ropen = False
         if rest:
             rf, ropen = self._cached(rest, self.rest_cache, "")
@@ -546,13 +541,24 @@ class _Audit:
                 if k not in f:
                     f[k] = v
         op = f.get("operation")
-        if resource_of(f, op, "kernel") != "\0probe":
+        if resource_of(f, op, "kernel") != _PROBE:
             return ()
         req, den = _masks(f)
         i = self.acc._intern
-        prof = f.get("profile") or f.get("label")
-        keep = self.acc.keep
-        return (i(prof), i(mode), i(op), i(req), i(den), ropen, keep is None or keep(prof))
+        prof = i(f.get("profile") or f.get("label"))
+        raw_head, raw_tail = (prof, mode, i(op)), (i(req), i(den))
+        keep, fold = self.acc.keep, self.acc.fold
+        if keep is not None and not keep(prof):
+            return (None, None, ropen, False, raw_head, raw_tail)
+        if fold is None:
+            return (raw_head, raw_tail, ropen, True, raw_head, raw_tail)
+        fk = fold((prof, mode, raw_head[2], _PROBE, raw_tail[0], raw_tail[1]))
+        if fk is None:
+            return (None, None, ropen, False, raw_head, raw_tail)
+        if _PROBE in fk:                # the caller's key with the name in it
+            j = fk.index(_PROBE)
+            return (fk[:j], fk[j + 1:], ropen, True, raw_head, raw_tail)
+        return (fk, None, ropen, True, raw_head, raw_tail)
 
     def flush(self) -> None:
         """Decode every distinct raw key once and add its count to the groups."""
@@ -565,7 +571,7 @@ class _Audit:
         tget = tcache.get
         records = truncated = filtered = 0
         for tk, name, n, first, last, key in self._raw():
-            if name is not None:
+            if name:
                 # the common case: everything but the name is shared with other keys
                 tpl = tget(tk)
                 if tpl is None:
@@ -573,21 +579,21 @@ class _Audit:
                         tcache.clear()
                     tpl = tcache[tk] = self._template(tk)
                 if tpl:
-                    prof, mode, op, req, den, ropen, kept = tpl
+                    head, tail, ropen, kept, raw_head, raw_tail = tpl
                     records += n
                     if ropen:
                         truncated += n
                     if not kept:
                         filtered += n
                         continue
-                    gk = (prof, mode, op, name, req, den)
+                    gk = head if tail is None else head + (name,) + tail
                     g = gget(gk)
                     if g is None:
                         if len(groups) < cap and acc.room > 0:
                             groups[gk] = [n, first, last]
                             acc.room -= len(name)
                         else:
-                            put(gk, n, first, last)
+                            put(raw_head + (name,) + raw_tail, n, first, last)
                         continue
                     g[0] += n           # _widen, inline: the loop runs per raw key
                     if first is not None and (g[1] is None or first < g[1]):
@@ -907,11 +913,12 @@ def group_file(path: str, workers: int = 2, keep: Keep | None = None,
     `records` and `filtered` only (it is asked once per record template, not
     per record); `progress(done_bytes, total_bytes)` is called in this process
     as the workers advance; `fast` chooses the C counter (True: required,
-    False: the pure-Python path, None: C when built); `fold(key)` re-keys
-    the groups the caller's way, or drops them (None, counted in `filtered`),
-    in each worker before they are merged (a folded group whose key overflows
-    the cap keeps its first three fields and None for the rest; `raw` then
-    holds the folded keys and `groups` should not be used).
+    False: the pure-Python path, None: C when built); `fold(key)` keys the
+    groups the caller's way, or drops them (None, counted in `filtered`), as
+    they are made: it is asked once per record template with the name
+    ``"\\0probe"`` in key[3], so it may keep or drop the resource but must not
+    look into it (an empty resource is asked as it is); `raw` then holds the
+    folded keys and `groups` should not be used.
     `non_apparmor_lines` counts lines minus records (a record glued from two
     lines counts once)."""
     t0 = time.monotonic()
@@ -924,7 +931,7 @@ def group_file(path: str, workers: int = 2, keep: Keep | None = None,
         os.close(fd)
     if max_groups is None:
         max_groups = MAX_GROUPS
-    acc = _Acc(keep, max_groups)
+    acc = _Acc(keep, max_groups, fold)
     with no_gc():
         if len(ranges) <= 1 or workers <= 1:
             done = [0]
@@ -935,8 +942,6 @@ def group_file(path: str, workers: int = 2, keep: Keep | None = None,
                     progress(done[0], size)
             _scan_range(path, ranges[0][0], ranges[0][1], auditd, acc,
                         _rep if progress is not None else None, fast)
-            if fold is not None:
-                acc.refold(fold)
         else:
             _run_workers(path, ranges, auditd, acc, keep, max_groups, progress, size, fast,
                          fold)
@@ -962,7 +967,7 @@ def _run_workers(path: str, ranges: list[tuple[int, int]], auditd: bool, acc: _A
             code = 0
             try:
                 os.close(r)
-                cacc = _Acc(keep, max_groups)
+                cacc = _Acc(keep, max_groups, fold)
                 wf = os.fdopen(w, "wb", buffering=1 << 16)
 
                 def _rep(k: int, wf: Any = wf) -> None:
@@ -970,8 +975,6 @@ def _run_workers(path: str, ranges: list[tuple[int, int]], auditd: bool, acc: _A
                         wf.write(b"P" + k.to_bytes(8, "little"))
                         wf.flush()
                 _scan_range(path, start, end, auditd, cacc, _rep, fast)
-                if fold is not None:
-                    cacc.refold(fold)
                 st = cacc.state()
                 groups = st.pop("groups")
                 st["groups"] = {}
@@ -1003,8 +1006,6 @@ def _run_workers(path: str, ranges: list[tuple[int, int]], auditd: bool, acc: _A
             progress(done[0], size)
             _drain(False)
 
-    pending: list[Any] = []
-    ready = False
     bufs: dict[int, bytearray] = {r: bytearray() for _, r in children}
     results: dict[int, dict[str, Any] | None] = {r: None for _, r in children}
     open_fds = set(bufs)
@@ -1038,10 +1039,8 @@ def _run_workers(path: str, ranges: list[tuple[int, int]], auditd: bool, acc: _A
                         del buf[:9 + n]
                         if tag == b"R":
                             results[fd] = obj
-                        elif ready:
+                        else:
                             acc.put_many(obj)
-                        else:                   # ours are not folded yet
-                            pending.append(obj)
                     else:
                         raise RuntimeError("bad message from a scan worker")
             if not block:
@@ -1050,12 +1049,6 @@ def _run_workers(path: str, ranges: list[tuple[int, int]], auditd: bool, acc: _A
     failed = True
     try:
         _scan_range(path, ranges[0][0], ranges[0][1], auditd, acc, _rep0, fast)
-        if fold is not None:
-            acc.refold(fold)            # while the workers finish theirs
-        ready = True
-        for obj in pending:
-            acc.put_many(obj)
-        pending.clear()
         _drain(True)
         failed = False
     finally:
