@@ -202,18 +202,19 @@ class _Acc:
             return
         g = self.groups.get(fk)
         if g is None:
-            # share the strings that repeat across groups (memory: ~150 k groups)
-            i = self._intern
-            key = (i(key[0]), i(key[1]) or "", i(key[2]), key[3], i(key[4]), i(key[5]))
             if len(self.groups) >= self.max_groups or self.room <= 0:
                 self.overflow += n
                 key = (key[0], key[1], key[2], None, None, None)
-            fk = key if fold is None else fold(key)
-            if fk is None:
-                self.filtered += n
-                return
-            g = self.groups.get(fk)
+                fk = key if fold is None else fold(key)
+                if fk is None:
+                    self.filtered += n
+                    return
+                g = self.groups.get(fk)
             if g is None:
+                if fold is None:        # share the strings that repeat across groups
+                    i = self._intern
+                    fk = (i(key[0]), i(key[1]) or "", i(key[2]), key[3], i(key[4]),
+                          i(key[5]))
                 self.groups[fk] = [n, first, last]
                 self.room -= len(key[3] or "")
                 return
@@ -280,6 +281,7 @@ def group_key(rec: Record) -> GroupKey:
 
 _G0, _G1, _G2, _GL = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(-1)
 _PROBE = "\0probe"          # a name no record has: what a template does with the name
+_MODES = frozenset({"DENIED", "ALLOWED", "AUDIT", "STATUS", "HINT", "ERROR", "KILL"})
 # `MODE" operation="OP" parent=N`: the parent's pid varies like the pid (raw keys drop it)
 _PARENT_RE = re.compile(rb'^([A-Z]+" operation="[a-z_]+") parent=[0-9]+(?= )')
 _WIN = slice(-36, None)     # the bytes before apparmor=": "...audit(EPOCH.mmm:SERIAL): "
@@ -621,7 +623,7 @@ class _Audit:
         else:
             ropen = False
         mode = f.get("apparmor", "")
-        if hopen or not _MODE_RE.fullmatch(mode):
+        if hopen or (mode not in _MODES and not _MODE_RE.fullmatch(mode)):
             # not the usual shape: let the full parser decide
             text = 'type=AVC msg=audit(0.000:0): apparmor="{} pid=0 comm="?" {}{}'.format(
                 head.decode("utf-8", "surrogateescape"),
