@@ -46,18 +46,25 @@ typedef struct {
     Py_ssize_t wlen;
 } Pending;
 
-typedef struct {
-    PyObject_HEAD
+typedef struct {               /* one hash table of raw keys */
     Entry **entries;           /* insertion order */
     Py_ssize_t n, cap;
     Entry **slots;             /* open addressing, NULL = empty */
     Py_ssize_t nslots;         /* power of two */
     Py_ssize_t kbytes;         /* bytes held in keys */
+} Map;
+
+typedef struct {
+    PyObject_HEAD
+    Map avc;                   /* plain AVC records */
+    Map dbus;                  /* dbus USER_AVC records (pid and peer_pid cut) */
     uint64_t seed;
     char *scratch;             /* the keys of the batch */
     Py_ssize_t scap, used;
     Pending batch[BATCH];
     Py_ssize_t nb;
+    char *dkey;                /* a dbus key being made */
+    Py_ssize_t dcap;
     Py_ssize_t *bad;           /* fallback offsets of the current chunk */
     Py_ssize_t nbad, badcap;
     Py_ssize_t *qf;            /* offsets of "queue-full" in the current chunk */
@@ -96,7 +103,7 @@ hash_bytes(const char *p, Py_ssize_t n, uint64_t seed)
 }
 
 static int
-grow_slots(Table *t)
+grow_slots(Map *t)
 {
     Py_ssize_t ns = t->nslots ? t->nslots * 2 : 1024;
     while (ns < 2 * t->n + 2)
@@ -119,7 +126,7 @@ grow_slots(Table *t)
 
 /* Count one record under key[0:klen] (hash h); win[0:wlen] is its stamp window. */
 static int
-count_key(Table *t, const char *key, Py_ssize_t klen, uint64_t h, const char *win,
+count_key(Map *t, const char *key, Py_ssize_t klen, uint64_t h, const char *win,
           Py_ssize_t wlen)
 {
     if ((t->n + 1) * 2 >= t->nslots && grow_slots(t) < 0)
@@ -236,22 +243,23 @@ flush_batch(Table *t)
     t->nb = 0;
     if (!nb)
         return 0;
-    if ((t->n + nb) * 2 >= t->nslots && grow_slots(t) < 0)
+    Map *m = &t->avc;
+    if ((m->n + nb) * 2 >= m->nslots && grow_slots(m) < 0)
         return -1;
-    Py_ssize_t mask = t->nslots - 1;
+    Py_ssize_t mask = m->nslots - 1;
     for (Py_ssize_t i = 0; i < nb; i++) {
         Pending *pd = &t->batch[i];
         pd->h = hash_bytes(t->scratch + pd->koff, pd->klen, t->seed);
-        __builtin_prefetch(&t->slots[pd->h & (uint64_t)mask]);
+        __builtin_prefetch(&m->slots[pd->h & (uint64_t)mask]);
     }
     for (Py_ssize_t i = 0; i < nb; i++) {
-        Entry *e = t->slots[t->batch[i].h & (uint64_t)mask];
+        Entry *e = m->slots[t->batch[i].h & (uint64_t)mask];
         if (e)
             __builtin_prefetch(e);
     }
     for (Py_ssize_t i = 0; i < nb; i++) {
         Pending *pd = &t->batch[i];
-        if (count_key(t, t->scratch + pd->koff, pd->klen, pd->h, pd->win, pd->wlen) < 0)
+        if (count_key(m, t->scratch + pd->koff, pd->klen, pd->h, pd->win, pd->wlen) < 0)
             return -1;
     }
     t->used = 0;
@@ -328,6 +336,81 @@ plain(Table *t, const char *c, Py_ssize_t s, Py_ssize_t e, const char *win, Py_s
     return 1;
 }
 
+/* A dbus USER_AVC record at c[oi] on the line starting at ls (scan.py `_fallback`'s dbus
+ * branch): counted under HEAD " pid=" NUL A " peer_pid=" NUL B (the pid and peer_pid
+ * values cut), its stamp text (at most WIN bytes, else 0: Python takes the line) kept.
+ * 1 counted, 0 not such a record, -1 no memory. */
+static int
+dbus_line(Table *t, const char *c, Py_ssize_t len, Py_ssize_t ls, Py_ssize_t oi, Py_ssize_t k)
+{
+    static const char tag[] = "type=USER_AVC msg=audit(";
+    if (oi - ls < 5 || memcmp(c + oi - 5, "msg='", 5) != 0)
+        return 0;
+    const char *lep = memchr(c + oi, '\n', (size_t)(len - oi));
+    Py_ssize_t le = lep ? lep - c : len;
+    if (k + 1 < t->nseps && t->seps[k + 1] < le)
+        return 0;               /* another record on the line: Python parses it */
+    if (!find(c + ls, oi - ls, tag, (Py_ssize_t)sizeof(tag) - 1))
+        return 0;
+    Py_ssize_t a = -1;
+    for (Py_ssize_t i = oi - 6; i >= ls; i--) {
+        if (memcmp(c + i, "audit(", 6) == 0) {
+            a = i + 6;
+            break;
+        }
+    }
+    if (a < 0)
+        return 0;
+    const char *colon = memchr(c + a, ':', (size_t)(oi - a));
+    Py_ssize_t wl = (colon ? colon - c : oi) - a;
+    if (wl > WIN)
+        return 0;
+    const char *r = c + oi + NSEP;
+    Py_ssize_t rn = le - (oi + NSEP);
+    const char *p = find(r, rn, " pid=", 5);
+    Py_ssize_t hl = p ? p - r : rn;
+    const char *tail = p ? p + 5 : r + rn;
+    Py_ssize_t tl = (r + rn) - tail;
+    while (tl && *tail >= '0' && *tail <= '9') {
+        tail++;
+        tl--;
+    }
+    const char *q = find(tail, tl, " peer_pid=", 10);
+    Py_ssize_t al = q ? q - tail : tl;
+    const char *b = q ? q + 10 : tail + tl;
+    Py_ssize_t bl = (tail + tl) - b;
+    while (bl && *b >= '0' && *b <= '9') {
+        b++;
+        bl--;
+    }
+    Py_ssize_t klen = hl + (p ? 5 : 0) + 1 + al + (q ? 10 : 0) + 1 + bl;
+    if (klen > t->dcap) {
+        char *nk = realloc(t->dkey, (size_t)klen);
+        if (!nk)
+            return -1;
+        t->dkey = nk;
+        t->dcap = klen;
+    }
+    char *d = t->dkey;
+    memcpy(d, r, (size_t)hl);
+    d += hl;
+    if (p) {
+        memcpy(d, " pid=", 5);
+        d += 5;
+    }
+    *d++ = '\0';
+    memcpy(d, tail, (size_t)al);
+    d += al;
+    if (q) {
+        memcpy(d, " peer_pid=", 10);
+        d += 10;
+    }
+    *d++ = '\0';
+    memcpy(d, b, (size_t)bl);
+    return count_key(&t->dbus, t->dkey, klen, hash_bytes(t->dkey, klen, t->seed), c + a, wl) < 0
+        ? -1 : 1;
+}
+
 /* One pass over c[0:len]: its newlines (returned; -1: out of memory), and the offsets of
  * every `apparmor="` (t->seps) and `queue-full` (t->qf).  Neither string can overlap
  * itself, so these are the occurrences a left-to-right search finds. */
@@ -389,7 +472,7 @@ scan(Table *t, const char *c, Py_ssize_t len)
     Py_ssize_t lines = prescan(t, c, len);
     if (lines < 0)
         return -1;
-    Py_ssize_t prev_end = 0;
+    Py_ssize_t prev_end = 0, bad_ls = -1;
     for (Py_ssize_t k = 0; k < t->nseps; k++) {
         Py_ssize_t oi = t->seps[k];
         const char *o = c + oi;
@@ -410,8 +493,18 @@ scan(Table *t, const char *c, Py_ssize_t len)
                 return -1;
             done = r;
         }
-        if (!done && push(&t->bad, &t->nbad, &t->badcap, oi) < 0)
-            return -1;
+        if (!done) {            /* the line's first other record decides for the line */
+            const char *lsp = memrchr(c, '\n', (size_t)oi);
+            Py_ssize_t ls = lsp ? (lsp - c) + 1 : 0;
+            if (ls != bad_ls) {
+                bad_ls = ls;
+                int r = dbus_line(t, c, len, ls, oi, k);
+                if (r < 0)
+                    return -1;
+                if (!r && push(&t->bad, &t->nbad, &t->badcap, oi) < 0)
+                    return -1;
+            }
+        }
         prev_end = s;
     }
     return flush_batch(t) < 0 ? -1 : lines;
@@ -445,7 +538,8 @@ Table_feed(Table *t, PyObject *arg)
         PyErr_SetString(PyExc_RuntimeError, "Table.feed is not reentrant");
         return NULL;
     }
-    if (t->n && !t->slots && grow_slots(t) < 0) {
+    if ((t->avc.n && !t->avc.slots && grow_slots(&t->avc) < 0) ||
+            (t->dbus.n && !t->dbus.slots && grow_slots(&t->dbus) < 0)) {
         PyBuffer_Release(&view);
         return PyErr_NoMemory();
     }
@@ -522,7 +616,7 @@ stamp(const char *w, Py_ssize_t n)
 }
 
 static void
-clear(Table *t)
+clear(Map *t)
 {
     for (Py_ssize_t i = 0; i < t->n; i++)
         free(t->entries[i]);
@@ -607,15 +701,16 @@ raw:
 }
 
 static PyObject *
-Table_take(Table *t, PyObject *arg)
+Table_take(Table *tab, PyObject *arg)
 {
     Py_ssize_t limit = PyLong_AsSsize_t(arg);
     if (limit == -1 && PyErr_Occurred())
         return NULL;
-    if (t->busy) {
+    if (tab->busy) {
         PyErr_SetString(PyExc_RuntimeError, "Table is being fed");
         return NULL;
     }
+    Map *t = &tab->avc;
     /* no lookups until the next feed, which rebuilds the slots for what is left */
     free(t->slots);
     t->slots = NULL;
@@ -654,7 +749,7 @@ Table_take(Table *t, PyObject *arg)
         free(e);
         t->n--;
     }
-    if (!t->n) {
+    if (!t->n && !tab->dbus.n) {
         clear(t);
 #ifdef __GLIBC__
         malloc_trim(0);         /* give the freed keys back: resident memory is budgeted */
@@ -667,16 +762,56 @@ fail:
     return NULL;
 }
 
+/* take_dbus() -> [(raw key, count, first, last)] of the dbus records, oldest first (the
+ * order scan.py's dict gives); empties that table. */
+static PyObject *
+Table_take_dbus(Table *tab, PyObject *Py_UNUSED(ignored))
+{
+    if (tab->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Table is being fed");
+        return NULL;
+    }
+    Map *t = &tab->dbus;
+    PyObject *out = PyList_New(t->n);
+    if (!out)
+        return NULL;
+    for (Py_ssize_t i = 0; i < t->n; i++) {
+        Entry *e = t->entries[i];
+        PyObject *item = PyTuple_New(4), *v;
+        if (!item)
+            goto fail;
+        PyList_SET_ITEM(out, i, item);
+        if (!(v = PyBytes_FromStringAndSize(e->key, e->klen)))
+            goto fail;
+        PyTuple_SET_ITEM(item, 0, v);
+        if (!(v = PyLong_FromSsize_t(e->count)))
+            goto fail;
+        PyTuple_SET_ITEM(item, 1, v);
+        if (!(v = stamp(e->first, e->flen)))
+            goto fail;
+        PyTuple_SET_ITEM(item, 2, v);
+        if (!(v = stamp(e->last, e->llen)))
+            goto fail;
+        PyTuple_SET_ITEM(item, 3, v);
+    }
+    clear(t);
+    return out;
+fail:
+    Py_DECREF(out);
+    clear(t);
+    return NULL;
+}
+
 static Py_ssize_t
 Table_len(Table *t)
 {
-    return t->n;
+    return t->avc.n;
 }
 
 static PyObject *
 Table_get_kbytes(Table *t, void *Py_UNUSED(closure))
 {
-    return PyLong_FromSsize_t(t->kbytes);
+    return PyLong_FromSsize_t(t->avc.kbytes);
 }
 
 static int
@@ -699,7 +834,9 @@ Table_init(Table *t, PyObject *args, PyObject *kw)
 static void
 Table_dealloc(Table *t)
 {
-    clear(t);
+    clear(&t->avc);
+    clear(&t->dbus);
+    free(t->dkey);
     free(t->scratch);
     free(t->bad);
     free(t->qf);
@@ -713,11 +850,20 @@ static PyMethodDef Table_methods[] = {
     {"take", (PyCFunction)Table_take, METH_O,
      "take(n) -> up to n [(tk, name, count, first, last, raw key)], the newest first, "
      "removed from the table"},
+    {"take_dbus", (PyCFunction)Table_take_dbus, METH_NOARGS,
+     "take_dbus() -> [(raw key, count, first, last)] of the dbus records, oldest first"},
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+Table_get_dbus_len(Table *t, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(t->dbus.n);
+}
+
 static PyGetSetDef Table_getset[] = {
     {"kbytes", (getter)Table_get_kbytes, NULL, "bytes held in raw keys", NULL},
+    {"dbus_len", (getter)Table_get_dbus_len, NULL, "distinct dbus raw keys", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

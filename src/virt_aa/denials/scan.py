@@ -285,6 +285,7 @@ _MODES = frozenset({"DENIED", "ALLOWED", "AUDIT", "STATUS", "HINT", "ERROR", "KI
 # `MODE" operation="OP" parent=N`: the parent's pid varies like the pid (raw keys drop it)
 _PARENT_RE = re.compile(rb'^([A-Z]+" operation="[a-z_]+") parent=[0-9]+(?= )')
 _WIN = slice(-36, None)     # the bytes before apparmor=": "...audit(EPOCH.mmm:SERIAL): "
+_WINLEN = 36
 _DIGITS = b"0123456789"
 _SEP = b'apparmor="'
 _NSEP = len(_SEP)
@@ -370,7 +371,8 @@ class _Audit:
                 self._notices(c, qf, end)
             if bad:
                 self._fallback(c, bad, end)
-            if len(table) > RAW_FLUSH or table.kbytes > RAW_BYTES:
+            if (len(table) > RAW_FLUSH or table.kbytes > RAW_BYTES
+                    or table.dbus_len > RAW_FLUSH):
                 self.flush()
             return
         c = bytes(c[:end]) if end != len(c) or not isinstance(c, bytes) else c
@@ -424,7 +426,7 @@ class _Audit:
                     fresh.discard(k)
                     if not fresh:
                         break
-        if len(cnt) > RAW_FLUSH_PY:
+        if len(cnt) > RAW_FLUSH_PY or len(self.dcnt) > RAW_FLUSH_PY:
             self.flush()
 
     def _fallback(self, c: bytes | bytearray, offsets: list[int], end: int) -> None:
@@ -446,14 +448,17 @@ class _Audit:
             pre = line[:o]
             if (pre.endswith(b"msg='") and b"type=USER_AVC msg=audit(" in pre
                     and line.find(_SEP, o + _NSEP) < 0):
-                head, sep, tail = line[o + _NSEP:].partition(b" pid=")
-                a, sep2, b = tail.lstrip(_DIGITS).partition(b" peer_pid=")
-                key = head + sep + b"\0" + a + sep2 + b"\0" + b.lstrip(_DIGITS)
-                dcnt[key] += 1
-                if key not in dfirst:
-                    dfirst[key] = pre
-                dlast[key] = pre
-                continue
+                # the stamp's text, if it is short (a longer one: the parser decides)
+                st = pre.rpartition(b"audit(")[2].partition(b":")[0]
+                if len(st) <= _WINLEN:
+                    head, sep, tail = line[o + _NSEP:].partition(b" pid=")
+                    a, sep2, b = tail.lstrip(_DIGITS).partition(b" peer_pid=")
+                    key = head + sep + b"\0" + a + sep2 + b"\0" + b.lstrip(_DIGITS)
+                    dcnt[key] += 1
+                    if key not in dfirst:
+                        dfirst[key] = st
+                    dlast[key] = st
+                    continue
             rec = parse_line(line.decode("utf-8", "surrogateescape"))
             if rec is not None:
                 acc.add(rec)
@@ -644,9 +649,19 @@ class _Audit:
         req, den = _masks(f)
         acc.put((prof, mode, op, resource_of(f, op, "kernel"), req, den), n, first, last)
 
+    def _dbus_raw(self) -> Iterator[tuple[bytes, int, float | None, float | None]]:
+        """(raw key, count, first, last) of the dbus USER_AVC records, oldest key first."""
+        if self.table is not None:
+            yield from self.table.take_dbus()
+        first, last = self.dfirst, self.dlast
+        for key, n in self.dcnt.items():
+            fw = first.get(key)
+            lw = last.get(key)
+            yield key, n, _stamp_time(fw) if fw else None, _stamp_time(lw) if lw else None
+
     def _dbus(self) -> None:
         acc = self.acc
-        for key, n in self.dcnt.items():
+        for key, n, first, last in self._dbus_raw():
             head, _, rest = key.partition(b"\0")
             mid, _, tail = rest.partition(b"\0")
             text = "".join((
@@ -656,11 +671,8 @@ class _Audit:
                 "0" if mid.endswith(b" peer_pid=") else "",
                 tail.decode("utf-8", "surrogateescape")))
             rec = parse_line(text)
-            if rec is None:
-                continue
-            fw = self.dfirst.get(key)
-            lw = self.dlast.get(key)
-            acc.add(rec, n, _stamp_time(fw) if fw else None, _stamp_time(lw) if lw else None)
+            if rec is not None:
+                acc.add(rec, n, first, last)
         self.cnt = Counter()
         self.first = {}
         self.last = {}
