@@ -20,8 +20,8 @@ Two ways through a chunk:
   name share a cached template (profile, mode, operation, masks), others go
   through the parser's tokenizer (unusual ones through `parse_line`), which
   gives the same groups as parsing every record (the tests check this).  dbus
-  USER_AVC lines get raw keys of their own (pid and peer_pid removed);
-  anything else on such a line goes through `parse_line`.
+  USER_AVC lines get raw keys of their own (pid and peer_pid removed; counted
+  in C too); anything else on such a line goes through `parse_line`.
 * every other log (kern.log, syslog, dmesg, journalctl): line by line through
   `Glue` (full parse of every record), which also re-joins split records.
 
@@ -34,7 +34,7 @@ groups are counted in one group per (profile, mode, operation) and in
 ``overflow``, so memory stays bounded whatever the size of the file.
 
 Speed (1.49 GB audit.log, 1.48 M records, 149 k groups, 2 workers, C
-counter): about 2.2 CPU-seconds, 2.7x ``grep -c`` on two cores
+counter): about 2.4 CPU-seconds, 2.6-2.9x ``grep -c`` on two cores
 (``bench/denials_speed.py``).  Peak RSS about 100 MiB per process.
 `virt-aa denials --json` of such a file goes further on two cores:
 `denials/pair.py`.
