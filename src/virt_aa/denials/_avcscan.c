@@ -336,6 +336,16 @@ plain(Table *t, const char *c, Py_ssize_t s, Py_ssize_t e, const char *win, Py_s
     return 1;
 }
 
+/* bytes.lstrip(DIGITS) of p[0:*n], in place */
+static void
+skip_digits(const char **p, Py_ssize_t *n)
+{
+    while (*n && **p >= '0' && **p <= '9') {
+        (*p)++;
+        (*n)--;
+    }
+}
+
 /* A dbus USER_AVC record at c[oi] on the line starting at ls (scan.py `_fallback`'s dbus
  * branch): counted under HEAD " pid=" NUL A " peer_pid=" NUL B (the pid and peer_pid
  * values cut), its stamp text (at most WIN bytes, else 0: Python takes the line) kept.
@@ -371,18 +381,12 @@ dbus_line(Table *t, const char *c, Py_ssize_t len, Py_ssize_t ls, Py_ssize_t oi,
     Py_ssize_t hl = p ? p - r : rn;
     const char *tail = p ? p + 5 : r + rn;
     Py_ssize_t tl = (r + rn) - tail;
-    while (tl && *tail >= '0' && *tail <= '9') {
-        tail++;
-        tl--;
-    }
+    skip_digits(&tail, &tl);
     const char *q = find(tail, tl, " peer_pid=", 10);
     Py_ssize_t al = q ? q - tail : tl;
     const char *b = q ? q + 10 : tail + tl;
     Py_ssize_t bl = (tail + tl) - b;
-    while (bl && *b >= '0' && *b <= '9') {
-        b++;
-        bl--;
-    }
+    skip_digits(&b, &bl);
     Py_ssize_t klen = hl + (p ? 5 : 0) + 1 + al + (q ? 10 : 0) + 1 + bl;
     if (klen > t->dcap) {
         char *nk = realloc(t->dkey, (size_t)klen);
@@ -615,6 +619,26 @@ stamp(const char *w, Py_ssize_t n)
     return v;
 }
 
+/* item[at:at + 3] = the entry's count, first and last stamp (-1: an exception is set) */
+static int
+put_counts(PyObject *item, Py_ssize_t at, const Entry *e)
+{
+    PyObject *v;
+    if (!(v = PyLong_FromSsize_t(e->count)))
+        return -1;
+    PyTuple_SET_ITEM(item, at, v);
+    if (!(v = stamp(e->first, e->flen)))
+        return -1;
+    PyTuple_SET_ITEM(item, at + 1, v);
+    if (e->count == 1 || (e->flen == e->llen && memcmp(e->first, e->last, e->flen) == 0)) {
+        Py_INCREF(v);           /* the same window: the same stamp */
+    } else if (!(v = stamp(e->last, e->llen))) {
+        return -1;
+    }
+    PyTuple_SET_ITEM(item, at + 2, v);
+    return 0;
+}
+
 static void
 clear(Map *t)
 {
@@ -730,18 +754,8 @@ Table_take(Table *tab, PyObject *arg)
             goto fail;
         PyTuple_SET_ITEM(item, 0, v);
         PyTuple_SET_ITEM(item, 1, w);
-        if (!(v = PyLong_FromSsize_t(e->count)))
+        if (put_counts(item, 2, e) < 0)
             goto fail;
-        PyTuple_SET_ITEM(item, 2, v);
-        if (!(v = stamp(e->first, e->flen)))
-            goto fail;
-        PyTuple_SET_ITEM(item, 3, v);
-        if (e->count == 1 || (e->flen == e->llen && memcmp(e->first, e->last, e->flen) == 0)) {
-            Py_INCREF(v);
-        } else if (!(v = stamp(e->last, e->llen))) {
-            goto fail;
-        }
-        PyTuple_SET_ITEM(item, 4, v);
         if (!(v = PyBytes_FromStringAndSize(e->key, e->klen)))
             goto fail;
         PyTuple_SET_ITEM(item, 5, v);
@@ -784,15 +798,8 @@ Table_take_dbus(Table *tab, PyObject *Py_UNUSED(ignored))
         if (!(v = PyBytes_FromStringAndSize(e->key, e->klen)))
             goto fail;
         PyTuple_SET_ITEM(item, 0, v);
-        if (!(v = PyLong_FromSsize_t(e->count)))
+        if (put_counts(item, 1, e) < 0)
             goto fail;
-        PyTuple_SET_ITEM(item, 1, v);
-        if (!(v = stamp(e->first, e->flen)))
-            goto fail;
-        PyTuple_SET_ITEM(item, 2, v);
-        if (!(v = stamp(e->last, e->llen)))
-            goto fail;
-        PyTuple_SET_ITEM(item, 3, v);
     }
     clear(t);
     return out;
