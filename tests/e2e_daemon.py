@@ -67,6 +67,24 @@ class DaemonError(RuntimeError):
     pass
 
 
+def tiny_domain_xml(name: str, uuid: str) -> str:
+    """The smallest QEMU domain that starts under TCG: no disk, a serial console."""
+    return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type='pty'><target port='0'/></serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
 def missing_requirements() -> str | None:
     """Why a private libvirtd cannot run here (None: it can)."""
     if os.geteuid() != 0:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2e_daemon import PrivateLibvirtd, missing_requirements
+from e2e_daemon import PrivateLibvirtd, missing_requirements, tiny_domain_xml
 
 from conftest import cli_argv, compile_profile
 
@@ -40,20 +40,7 @@ RULE = "/srv/e2e/** rwk,"
 BROKEN = "/srv/e2e/** rwz,"
 PARSER_BROKEN = "capability bogus,"
 BUDGET = 120.0
-DOMAIN_XML = f"""<domain type='qemu'>
-  <name>{NAME}</name>
-  <uuid>{UUID}</uuid>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <serial type='pty'><target port='0'/></serial>
-    <console type='pty'><target type='serial' port='0'/></console>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
+DOMAIN_XML = tiny_domain_xml(NAME, UUID)
 ADMIN_HOOK = """#!/bin/sh
 # The admin's own libvirt qemu hook (not virt-aa's): log every call.
 echo "$@" >> {log}

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2e_daemon import missing_requirements
+from e2e_daemon import missing_requirements, tiny_domain_xml
 from e2e_two_daemons import Host, start_all
 
 from conftest import cli_argv, compile_profile
@@ -46,20 +46,7 @@ NAME = "mig-tiny"
 UUID = "5e7c1d2a-3b4c-4d5e-8f6a-7b8c9d0e1f2a"
 PROFILE = f"libvirt-{UUID}"
 BUDGET = 120.0
-DOMAIN_XML = f"""<domain type='qemu'>
-  <name>{NAME}</name>
-  <uuid>{UUID}</uuid>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <serial type='pty'><target port='0'/></serial>
-    <console type='pty'><target type='serial' port='0'/></console>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
+DOMAIN_XML = tiny_domain_xml(NAME, UUID)
 
 
 def sha(text: str) -> str:
