@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from virt_aa.localrules import parse_file, rule_id
+from virt_aa.policy.localrules import parse_file, rule_id
 
 REPO = Path(__file__).resolve().parents[1]
 URI = f"test://{REPO}/examples/node.xml"

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     sys.path.insert(0, str(REPO / "src"))
-    from virt_aa import launcher
+    from virt_aa.host import launcher
 
     subprocess.run(["sh", str(SHARED / "corpus/domains/setup-images.sh")], check=True,
                    capture_output=True)

@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=60)
     a = ap.parse_args(argv)
     sys.path.insert(0, str(REPO / "src"))
-    from virt_aa import launcher
-    from virt_aa.sandbox import seed
+    from virt_aa.host import launcher
+    from virt_aa.host.sandbox import seed
 
     subprocess.run(["sh", str(SHARED / "corpus/domains/setup-images.sh")], check=True,
                    capture_output=True)

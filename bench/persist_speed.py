@@ -5,7 +5,7 @@
 
 A `--root` sandbox where the shut-off test-driver domain `vm-stopped`
 (`test://<repo>/examples/node.xml`) already has 1,000 rules, written in the
-stored format with `virt_aa.localrules.render_file` (not 1,000 CLI calls).
+stored format with `virt_aa.policy.localrules.render_file` (not 1,000 CLI calls).
 Then, interleaved in one loop so machine noise hits every command alike,
 wall clock of each as a subprocess:
 
@@ -34,9 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from virt_aa.apparmor import FEATURES_FILE, parser_path
-from virt_aa.localrules import LocalRule, parse_file, render_file
-from virt_aa.store import Store
+from virt_aa.host.apparmor import FEATURES_FILE, parser_path
+from virt_aa.host.store import Store
+from virt_aa.policy.localrules import LocalRule, parse_file, render_file
 
 REPO = Path(__file__).resolve().parents[1]
 URI = f"test://{REPO}/examples/node.xml"

@@ -76,7 +76,7 @@ PROFILE = "libvirt-11111111-2222-3333-4444-555555555555"
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[Path]:
-    from virt_aa.sandbox import seed
+    from virt_aa.host.sandbox import seed
 
     root = tmp_path / "root"
     seed(str(root))

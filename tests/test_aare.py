@@ -1,4 +1,4 @@
-"""virt_aa.aare against the real parser: for each pattern, the DFA that
+"""virt_aa.policy.aare against the real parser: for each pattern, the DFA that
 ``apparmor_parser -D dfa-states`` builds decides which byte strings match,
 and :meth:`Pattern.matches` must agree on every candidate.
 
@@ -24,9 +24,9 @@ import pytest
 
 from aadfa import _BYTE, dfa, transitions
 from conftest import FEATURES, PARSER
-from virt_aa import aare
-from virt_aa.aare import AareError, Pattern, compile_aare, load_tunables, parse_variable_line
-from virt_aa.paths import escape
+from virt_aa.generate.paths import escape
+from virt_aa.policy import aare
+from virt_aa.policy.aare import AareError, Pattern, compile_aare, load_tunables, parse_variable_line
 
 # ----------------------------------------------------------------------------- the DFA dump
 

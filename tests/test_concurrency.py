@@ -21,7 +21,7 @@ from types import ModuleType
 import pytest
 
 from conftest import cli_argv, compile_profile, run_helper
-from virt_aa.localrules import parse_file
+from virt_aa.policy.localrules import parse_file
 
 REPO = Path(__file__).resolve().parents[1]
 URI = f"test://{REPO}/examples/node.xml"

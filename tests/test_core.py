@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from conftest import domain_xml
-from virt_aa.accesses import GenerationError, fixed_rules, generate
-from virt_aa.domain import Hostdev, parse_domain
-from virt_aa.profile import create_profile, render_rules
+from virt_aa.generate.accesses import GenerationError, fixed_rules, generate
+from virt_aa.generate.domain import Hostdev, parse_domain
+from virt_aa.generate.profile import create_profile, render_rules
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "virt_aa"
+SRC = Path(__file__).resolve().parents[1] / "src" / "virt_aa" / "generate"
 CORE = ["xmlsafe.py", "domain.py", "paths.py", "accesses.py", "profile.py"]
 FORBIDDEN = {"os", "subprocess", "socket", "shutil", "pathlib", "tempfile", "io", "libvirt"}
 

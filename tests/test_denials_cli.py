@@ -12,7 +12,7 @@ import pytest
 
 from aadfa import literal_match
 from conftest import SHARED, cli_argv
-from virt_aa.paths import escape
+from virt_aa.generate.paths import escape
 
 GEN = SHARED / "tools" / "gen-denials"
 UUID = "5b0c8a2e-3d4f-4e6a-9b1c-2d3e4f5a6b7c"

@@ -1,4 +1,4 @@
-"""virt_aa.effective: the file policy of a real P built by ``virt-aa-helper -c``
+"""virt_aa.policy.effective: the file policy of a real P built by ``virt-aa-helper -c``
 in a sandbox, the decisions for a VM's accesses, and a cross-check of those
 decisions against the DFA the real parser compiles from the same P."""
 
@@ -11,8 +11,8 @@ import pytest
 from test_aare import Dfa, compile_dump, mutations
 
 from conftest import PROFILE, domain_xml, run_helper
-from virt_aa.aare import load_tunables
-from virt_aa.effective import (
+from virt_aa.policy.aare import load_tunables
+from virt_aa.policy.effective import (
     Decision,
     FileRule,
     ParseStats,
@@ -21,7 +21,7 @@ from virt_aa.effective import (
     parse_perms,
     rules_from_text,
 )
-from virt_aa.localrules import LocalRule, render_file
+from virt_aa.policy.localrules import LocalRule, render_file
 
 DEVICES = (
     "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"

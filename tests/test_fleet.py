@@ -140,7 +140,7 @@ def test_export_import_is_idempotent_and_shows_a_diff(sandbox: Path, tmp_path: P
 
 
 def test_status_drift(sandbox: Path, tmp_path: Path, policy_file: Path) -> None:
-    from virt_aa.policies import digest
+    from virt_aa.policy.named import digest
 
     node = tmp_path / "node.xml"
     sha = digest(POLICY)

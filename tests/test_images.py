@@ -1,4 +1,4 @@
-"""Backing-chain discovery (virt_aa.images) against real images and the real helper.
+"""Backing-chain discovery (virt_aa.generate.images) against real images and the real helper.
 
 Images come from qemu-img where it can make them; headers it refuses to write
 (hostile names, odd extensions) are built by ``qcow2_header``/``qed_header``.
@@ -23,8 +23,8 @@ from xml.sax.saxutils import quoteattr
 
 import pytest
 
-from virt_aa import images
-from virt_aa.images import (
+from virt_aa.generate import images
+from virt_aa.generate.images import (
     HEADER_BYTES,
     BackingLink,
     ChainError,

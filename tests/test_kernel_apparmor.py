@@ -233,7 +233,7 @@ def kernel_run(tmp_path_factory: pytest.TempPathFactory, corpus_images: Path) ->
     host_images()
     root = out / "root"
     shutil.rmtree(root, ignore_errors=True)
-    from virt_aa.sandbox import seed
+    from virt_aa.host.sandbox import seed
     seed(str(root))
     xmldir = out / "domains"
     xmldir.mkdir(exist_ok=True)

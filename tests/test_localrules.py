@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from aadfa import literal_match
-from virt_aa.localrules import (
+from virt_aa.generate.profile import set_mode
+from virt_aa.policy.localrules import (
     LocalRule,
     RuleError,
     grants_restricted,
@@ -15,7 +16,6 @@ from virt_aa.localrules import (
     render_file,
     rule_id,
 )
-from virt_aa.profile import set_mode
 
 GOOD = [
     "/srv/data/** rwk,",

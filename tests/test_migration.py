@@ -326,8 +326,8 @@ class Forge:
 
 @pytest.fixture
 def forge(sandbox: Path) -> Forge:
-    from virt_aa.fleet import add_policy
-    from virt_aa.store import Store
+    from virt_aa.host.store import Store
+    from virt_aa.ops.fleet import add_policy
 
     add_policy(Store(str(sandbox)), GOOD, GOOD_TEXT)
     f = Forge(sandbox, "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aadfa import dfa, literal_match
-from virt_aa.paths import canonical, escape, has_control, normalize, restricted
+from virt_aa.generate.paths import canonical, escape, has_control, normalize, restricted
 
 HOSTILE = [
     "/var/lib/libvirt/images/*",

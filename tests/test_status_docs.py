@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import REPO, cli_argv
 from virt_aa.cli import build_parser
-from virt_aa.docgen import _subparsers
+from virt_aa.cli.docgen import _subparsers
 
 URI = f"test://{REPO}/examples/node.xml"
 STALE = "libvirt-00000000-1111-2222-3333-444444444444"

@@ -14,8 +14,8 @@ import sys
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~8 ms
 if TYPE_CHECKING:
-    from .domain import Domain
-    from .store import Store
+    from virt_aa.generate.domain import Domain
+    from virt_aa.host.store import Store
 
 USAGE = """
 {prog} mode [options] [extra file] [< def.xml]
@@ -216,10 +216,10 @@ def _paths(opts: Options) -> tuple[str, str]:
 
 def _generate(opts: Options, out: Output) -> tuple[Domain, str]:
     """Parse the XML on stdin and compute the .files body (stock's get_files)."""
-    from .accesses import GenerationError, extra_file_rules, fixed_rules, generate
-    from .domain import DomainError, parse_domain, valid_name
-    from .hostfacts import SystemHost
-    from .profile import render_rules
+    from virt_aa.generate.accesses import GenerationError, extra_file_rules, fixed_rules, generate
+    from virt_aa.generate.domain import DomainError, parse_domain, valid_name
+    from virt_aa.generate.profile import render_rules
+    from virt_aa.host.hostfacts import SystemHost
 
     data = _read_stdin()
     try:
@@ -249,7 +249,7 @@ def _generate(opts: Options, out: Output) -> tuple[Domain, str]:
 
 
 def _parser(action: str, profile: str, opts: Options, out: Output, prog: str) -> bool:
-    from . import apparmor
+    from virt_aa.host import apparmor
 
     out.flush()
     res = apparmor.run(action, profile, opts.root, prog)
@@ -264,7 +264,7 @@ def _parser(action: str, profile: str, opts: Options, out: Output, prog: str) ->
 
 
 def _create_or_replace(opts: Options, out: Output, prog: str) -> int:
-    from .store import Store
+    from virt_aa.host.store import Store
 
     dom, body = _generate(opts, out)
     store = Store(opts.root)
@@ -282,8 +282,8 @@ def _create_or_replace(opts: Options, out: Output, prog: str) -> int:
 
 
 def _dry_run(opts: Options, out: Output, store: Store, dom: Domain, body: str) -> int:
-    from . import vmprofile
-    from .profile import include_lines
+    from virt_aa.generate.profile import include_lines
+    from virt_aa.host import vmprofile
 
     profile, files = store.profile(opts.uuid), store.files(opts.uuid)
     if opts.cmd == "c" and os.path.exists(profile):
@@ -302,9 +302,9 @@ def _dry_run(opts: Options, out: Output, store: Store, dom: Domain, body: str) -
 def _write_and_load(opts: Options, out: Output, prog: str, store: Store, dom: Domain,
                     body: str) -> int:
     """Stock's -c/-r steps, with P regenerated from the stored per-VM state."""
-    from . import vmprofile
-    from .fsutil import read_text, unlink_quiet, write_atomic
-    from .profile import TemplateError, files_content
+    from virt_aa.generate.profile import TemplateError, files_content
+    from virt_aa.host import vmprofile
+    from virt_aa.host.fsutil import read_text, unlink_quiet, write_atomic
 
     profile, files = store.profile(opts.uuid), store.files(opts.uuid)
     exists = os.path.exists(profile)
@@ -375,7 +375,7 @@ def _write_and_load(opts: Options, out: Output, prog: str, store: Store, dom: Do
 
 def _simple(opts: Options, out: Output, prog: str) -> int:
     """-a, -R, -D: run the parser (these ignore -d, as stock does)."""
-    from .fsutil import unlink_quiet
+    from virt_aa.host.fsutil import unlink_quiet
 
     profile, files = _paths(opts)
     if opts.cmd == "a":

@@ -16,7 +16,7 @@ import sys
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~8 ms
 if TYPE_CHECKING:
-    from .store import Store
+    from virt_aa.host.store import Store
 
 PROG = "virt-aa-hook"
 FILTERS = ("migrate", "restore")
@@ -43,11 +43,11 @@ def _err(msg: str) -> int:
 
 def prepare(xml: bytes, name: str, root: str) -> int:
     """Write P for the VM about to start; refuse the start if its rules are broken."""
-    from . import vmprofile
-    from .domain import DomainError, parse_domain, valid_name
-    from .fsutil import read_text, write_atomic
-    from .profile import TemplateError
-    from .store import Store, StoreError
+    from virt_aa.generate.domain import DomainError, parse_domain, valid_name
+    from virt_aa.generate.profile import TemplateError
+    from virt_aa.host import vmprofile
+    from virt_aa.host.fsutil import read_text, write_atomic
+    from virt_aa.host.store import Store, StoreError
 
     try:
         dom = parse_domain(xml)
@@ -113,7 +113,7 @@ def _compile_local(store: Store, profile: str) -> list[str]:
         return []
     # unchanged since the parser last accepted it: no need to ask again
     stamp = store.path(f"var/lib/virt-aa/{profile}.checked")
-    from .apparmor import parser_path
+    from virt_aa.host.apparmor import parser_path
 
     try:
         pst = os.stat(parser_path())
@@ -127,7 +127,7 @@ def _compile_local(store: Store, profile: str) -> list[str]:
                 return []
     except OSError:
         pass
-    from . import apparmor
+    from virt_aa.host import apparmor
 
     check = store.path(f"var/lib/virt-aa/{profile}.check.tmp")
     text = (f"#include <tunables/global>\nprofile {profile}-check {{\n"
@@ -152,8 +152,8 @@ def _compile_local(store: Store, profile: str) -> list[str]:
 
 def _locate(store: Store, profile: str, local: str, check: str) -> list[str]:
     """The parser named no line: compile the rules one by one to find it."""
-    from . import apparmor
-    from .localrules import parse_file
+    from virt_aa.host import apparmor
+    from virt_aa.policy.localrules import parse_file
 
     with open(local, encoding="utf-8", errors="surrogateescape") as f:
         rules, _ = parse_file(f.read())
@@ -186,9 +186,9 @@ def parser_message(message: str, wrapper: str, local: str) -> str:
 
 def check_incoming(xml: bytes, root: str) -> str | None:
     """An incoming migration: refuse it if its named policies are not here."""
-    from . import vmprofile
-    from .domain import DomainError, parse_domain
-    from .store import Store
+    from virt_aa.generate.domain import DomainError, parse_domain
+    from virt_aa.host import vmprofile
+    from virt_aa.host.store import Store
 
     try:
         dom = parse_domain(xml)

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ..store import Store
+from virt_aa.host.store import Store
+
 from . import sources
 from .report import Group, group_records, proposals, uuid_of
 
@@ -230,7 +231,7 @@ def vm_names(store: Store, uuids: set[str], uri: str | None) -> dict[str, str]:
             names[u] = name
     missing = uuids - set(names)
     if missing and uri is not None:
-        from .. import libvirt as lv
+        from virt_aa.host import libvirt as lv
 
         try:
             conn = lv.connect(uri)
@@ -291,7 +292,7 @@ def _quiet_denies(store: Store, profile: str) -> int:
 
 def matcher() -> Callable[[str, str], bool]:
     """AppArmor pattern matching with the host's tunables (cached per pattern)."""
-    from ..aare import compile_aare, load_tunables
+    from virt_aa.policy.aare import compile_aare, load_tunables
 
     variables = load_tunables()
     cache: dict[str, Any] = {}

@@ -10,9 +10,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..accesses import Rule
-from ..domain import Domain
-from ..paths import escape, has_control, normalize, restricted
+from virt_aa.generate.accesses import Rule
+from virt_aa.generate.domain import Domain
+from virt_aa.generate.paths import escape, has_control, normalize, restricted
+
 from .catalogue import KNOWN, Known
 
 FILE_OPS = frozenset({
@@ -144,7 +145,7 @@ def _common(a: str, b: str) -> int:
 
 def _literal(rule_path: str) -> str:
     """A generated rule's path without escapes or its trailing glob."""
-    from ..localrules import literal_prefix
+    from virt_aa.policy.localrules import literal_prefix
 
     text = literal_prefix(rule_path)
     return text.rstrip("/") or "/"

@@ -34,13 +34,13 @@ class VirtAA:
     """The virt_aa modules the Ansible modules use, imported once."""
 
     def __init__(self) -> None:
-        import virt_aa.fleet as fleet
-        import virt_aa.fsutil as fsutil
-        import virt_aa.localrules as localrules
-        import virt_aa.manage as manage
-        import virt_aa.policies as policies
-        import virt_aa.profile as profile
-        import virt_aa.store as store
+        import virt_aa.generate.profile as profile
+        import virt_aa.host.fsutil as fsutil
+        import virt_aa.host.store as store
+        import virt_aa.ops.fleet as fleet
+        import virt_aa.ops.manage as manage
+        import virt_aa.policy.localrules as localrules
+        import virt_aa.policy.named as policies
 
         self.fleet = fleet
         self.fsutil = fsutil
@@ -54,7 +54,7 @@ class VirtAA:
             localrules.RuleError, profile.TemplateError, OSError)
 
     def libvirt(self) -> Any:
-        import virt_aa.libvirt as lv
+        import virt_aa.host.libvirt as lv
 
         return lv
 

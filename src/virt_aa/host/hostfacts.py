@@ -1,11 +1,11 @@
-"""The real host behind :class:`virt_aa.accesses.Host`: filesystem and sysfs."""
+"""The real host behind :class:`virt_aa.generate.accesses.Host`: filesystem and sysfs."""
 
 from __future__ import annotations
 
 import os
 
-from . import images
-from .domain import Hostdev
+from virt_aa.generate import images
+from virt_aa.generate.domain import Hostdev
 
 PCI_FILES = ("config", "rom", "vendor", "device", "reset")
 

@@ -14,7 +14,7 @@ variables or profiles, or run programs unconfined.
 
 from __future__ import annotations
 
-from .paths import AARE_SPECIAL, escape, restricted
+from virt_aa.generate.paths import AARE_SPECIAL, escape, restricted
 
 HEADER = ("# Per-VM AppArmor rules for libvirt domain {name} ({uuid}), included by its\n"
           "# profile libvirt-{uuid}.  Managed by `virt-aa allow` / `virt-aa revoke`;\n"

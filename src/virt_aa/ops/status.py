@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import apparmor, vmprofile
-from .domain import DomainError, parse_domain
-from .fsutil import read_text, unlink_quiet
-from .localrules import parse_file
-from .store import Store
+from virt_aa.generate.domain import DomainError, parse_domain
+from virt_aa.host import apparmor, vmprofile
+from virt_aa.host.fsutil import read_text, unlink_quiet
+from virt_aa.host.store import Store
+from virt_aa.policy.localrules import parse_file
 
 STATES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutting down",
           5: "shut off", 6: "crashed", 7: "suspended"}
@@ -23,7 +23,7 @@ def _kernel_profiles(store: Store) -> set[str] | None:
 
 def collect(store: Store, uri: str | None) -> dict[str, Any]:
     """One row per defined domain, plus the stale profiles."""
-    from . import libvirt as lv
+    from virt_aa.host import libvirt as lv
 
     try:
         conn = lv.connect(uri)
@@ -77,7 +77,7 @@ def collect(store: Store, uri: str | None) -> dict[str, Any]:
 
 def _policy_drift(store: Store, dom: Any) -> list[dict[str, str]]:
     """Each named policy the domain's metadata references: ok, missing, or different."""
-    from .policies import digest
+    from virt_aa.policy.named import digest
 
     if dom.meta_error:
         return [{"name": "?", "status": f"invalid metadata: {dom.meta_error}"}]

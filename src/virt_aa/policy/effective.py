@@ -18,7 +18,13 @@ from __future__ import annotations
 
 import os
 
-from .aare import AareError, Pattern, include_targets, parse_include, parse_variable_line
+from virt_aa.policy.aare import (
+    AareError,
+    Pattern,
+    include_targets,
+    parse_include,
+    parse_variable_line,
+)
 
 __all__ = ["Decision", "FileRule", "ParseStats", "decide", "effective_rules", "parse_perms",
            "rules_from_text"]
@@ -495,7 +501,7 @@ class _Walker:
             if origin == "generated":
                 label = f"generated: {where}"
             elif origin == "per-VM":
-                from .localrules import rule_id
+                from virt_aa.policy.localrules import rule_id
 
                 label = f"per-VM [{pending_id or rule_id(text_ + ',')}] {where}"
             else:
@@ -539,7 +545,7 @@ def rules_from_text(text: str, source: str, base: str | list[str],
 
     ``base``: the include search path (``[root/etc/apparmor.d, /etc/apparmor.d]``).
     ``variables`` is filled with the definitions met on the way (tunables)
-    and used to compile the rules' patterns; pass :func:`~virt_aa.aare.
+    and used to compile the rules' patterns; pass :func:`~virt_aa.policy.aare.
     load_tunables` output for an abstraction that does not include them.
     In a profile file, the rules of its first profile block count; child
     profiles and hats are skipped (``stats.child_blocks``).  Non-file rules

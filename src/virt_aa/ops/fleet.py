@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .fsutil import read_text, write_atomic
-from .localrules import grants_restricted, parse_file, parse_rule
-from .manage import VM, ManageError, apply_live, compile_rules, invoking_user, now
-from .policies import Meta, Ref, digest, render_metadata, valid_name
-from .store import Store, StoreError
+from virt_aa.host.fsutil import read_text, write_atomic
+from virt_aa.host.store import Store, StoreError
+from virt_aa.ops.manage import VM, ManageError, apply_live, compile_rules, invoking_user, now
+from virt_aa.policy.localrules import grants_restricted, parse_file, parse_rule
+from virt_aa.policy.named import Meta, Ref, digest, render_metadata, valid_name
 
 HOST_HISTORY = "var/lib/virt-aa/history/host.jsonl"
 
@@ -122,8 +122,8 @@ def set_offline(xml_path: str, element: str | None) -> None:
     """Replace virt-aa's element in an XML file's <metadata> (offline domains)."""
     import xml.etree.ElementTree as ET
 
-    from .policies import NS
-    from .xmlsafe import parse
+    from virt_aa.generate.xmlsafe import parse
+    from virt_aa.policy.named import NS
 
     with open(xml_path, "rb") as f:
         data = f.read()

@@ -14,12 +14,12 @@ import os
 import tempfile
 from typing import Any
 
-from . import vmprofile
-from .accesses import Rule
-from .effective import ParseStats, decide, effective_rules
-from .manage import VM
-from .profile import TemplateError, files_content, render_rules
-from .store import Store
+from virt_aa.generate.accesses import Rule
+from virt_aa.generate.profile import TemplateError, files_content, render_rules
+from virt_aa.host import vmprofile
+from virt_aa.host.store import Store
+from virt_aa.ops.manage import VM
+from virt_aa.policy.effective import ParseStats, decide, effective_rules
 
 
 class CheckError(RuntimeError):

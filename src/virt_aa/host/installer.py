@@ -23,8 +23,8 @@ import subprocess
 import sys
 from typing import Any
 
-from . import launcher
-from .fsutil import read_text, write_atomic
+from virt_aa.host import launcher
+from virt_aa.host.fsutil import read_text, write_atomic
 
 MARK = "virt-aa:managed"            # every file we write has this in its first lines
 HOOK = "etc/libvirt/hooks/qemu.d/virt-aa"
@@ -187,7 +187,7 @@ def _place(root: str, rel: str, text: str, mode: int, plan: Plan, dry: bool,
 def _check_profile(text: str, root: str) -> None:
     import tempfile
 
-    from . import apparmor
+    from virt_aa.host import apparmor
 
     with tempfile.NamedTemporaryFile("w", suffix=".aa", prefix="virt-aa-install-") as f:
         f.write(text)
@@ -198,7 +198,7 @@ def _check_profile(text: str, root: str) -> None:
 
 
 def _load(path: str, root: str, plan: Plan, dry: bool) -> None:
-    from . import apparmor
+    from virt_aa.host import apparmor
 
     if _is_sandbox(root) or not apparmor.kernel_has_apparmor():
         plan.add(f"note   {path}: not loaded (no AppArmor in this kernel or a --root "

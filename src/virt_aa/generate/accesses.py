@@ -2,7 +2,7 @@
 
 This is the pure core of the generator: the host is reached only through
 the :class:`Host` protocol (tests pass a fake one), and the result is a list
-of :class:`Rule` values that :mod:`virt_aa.profile` renders.  Order and
+of :class:`Rule` values that :mod:`virt_aa.generate.profile` renders.  Order and
 permissions follow libvirt 9.0's ``get_files``; the differences are the
 safety rules of DESIGN §5 (escaping, control characters, canonical and
 component-wise restricted checks, backing-chain loops and depth).
@@ -10,19 +10,19 @@ component-wise restricted checks, backing-chain loops and depth).
 
 from __future__ import annotations
 
-from . import images
-from .domain import SMARTCARD_DEFAULT_DB
-from .paths import canonical, escape, has_control, restricted
+from virt_aa.generate import images
+from virt_aa.generate.domain import SMARTCARD_DEFAULT_DB
+from virt_aa.generate.paths import canonical, escape, has_control, restricted
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~8 ms
 
 if TYPE_CHECKING:
     from typing import Protocol
 
-    from .domain import Chardev, Domain, Hostdev, Storage
+    from virt_aa.generate.domain import Chardev, Domain, Hostdev, Storage
 
     class Host(Protocol):
-        """Facts about the host the rules depend on (see :mod:`virt_aa.hostfacts`)."""
+        """Facts about the host the rules depend on (see :mod:`virt_aa.host.hostfacts`)."""
 
         def exists(self, path: str) -> bool: ...
         def realpath(self, path: str) -> str: ...

@@ -80,7 +80,7 @@ def running_domains(conn: Any) -> list[Any]:
 
 def set_metadata(dom: Any, element: str | None) -> None:
     """Store (or, with None, remove) virt-aa's <metadata> element, persistent and live."""
-    from .policies import NS, PREFIX
+    from virt_aa.policy.named import NS, PREFIX
 
     lv = _module()
     kind = lv.VIR_DOMAIN_METADATA_ELEMENT

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from .fsutil import read_text, write_atomic
+from virt_aa.host.fsutil import read_text, write_atomic
 
 MODES = ("enforce", "complain")
 

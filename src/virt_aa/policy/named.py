@@ -66,7 +66,7 @@ def parse_metadata(node: object) -> Meta:
     Hostile input: names and hashes are validated, counts bounded, and
     anything else in the element (rule text, includes) is refused.
     """
-    from .xmlsafe import Node
+    from virt_aa.generate.xmlsafe import Node
 
     assert isinstance(node, Node)
     refs: list[Ref] = []
@@ -103,7 +103,7 @@ def find_metadata(metadata: object, root: object = None) -> object | None:
     The namespace may be declared on the element itself or on ``<metadata>``
     or ``<domain>`` (serialisers differ), so all three scopes are looked at.
     """
-    from .xmlsafe import Node
+    from virt_aa.generate.xmlsafe import Node
 
     if not isinstance(metadata, Node):
         return None

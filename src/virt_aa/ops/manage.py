@@ -14,10 +14,12 @@ import sys
 import time
 from typing import Any
 
-from . import apparmor, vmprofile
-from .domain import Domain, DomainError, parse_domain
-from .fsutil import read_text, write_atomic
-from .localrules import (
+from virt_aa.generate.domain import Domain, DomainError, parse_domain
+from virt_aa.generate.profile import TemplateError
+from virt_aa.host import apparmor, vmprofile
+from virt_aa.host.fsutil import read_text, write_atomic
+from virt_aa.host.store import MODES, Store, StoreError
+from virt_aa.policy.localrules import (
     PROVENANCE,
     LocalRule,
     RuleError,
@@ -28,8 +30,6 @@ from .localrules import (
     render_file,
     rule_id,
 )
-from .profile import TemplateError
-from .store import MODES, Store, StoreError
 
 
 class ManageError(RuntimeError):

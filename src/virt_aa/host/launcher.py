@@ -21,7 +21,7 @@ ENTRY_POINTS = {
 
 def package_dir() -> str:
     """The directory that holds the ``virt_aa`` package."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def render(entry: str, python: str | None = None, path: str | None = None) -> str:

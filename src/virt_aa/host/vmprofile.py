@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 
-from .fsutil import read_text, write_atomic
-from .localrules import parse_file
-from .profile import TemplateError, create_profile, include_lines, set_mode
-from .store import Store
+from virt_aa.generate.profile import TemplateError, create_profile, include_lines, set_mode
+from virt_aa.host.fsutil import read_text, write_atomic
+from virt_aa.host.store import Store
+from virt_aa.policy.localrules import parse_file
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~8 ms
 if TYPE_CHECKING:
-    from .domain import Domain
+    from virt_aa.generate.domain import Domain
 
 _IF_EXISTS: bool | None = None
 
@@ -37,7 +37,7 @@ def supports_if_exists(store: Store | None = None) -> bool:
 
 
 def _parser_major(store: Store | None) -> int:
-    from .apparmor import parser_path
+    from virt_aa.host.apparmor import parser_path
 
     parser = parser_path()
     try:
@@ -54,7 +54,7 @@ def _parser_major(store: Store | None) -> int:
                 return int(text)
         except OSError:
             pass
-    from .apparmor import parser_version
+    from virt_aa.host.apparmor import parser_version
 
     version = parser_version(parser)
     major = version[0] if version else 3
@@ -97,7 +97,7 @@ class Resolved:
 
 def resolve(store: Store, dom: Domain) -> Resolved:
     """Check the named policies a domain references against this host's files."""
-    from .policies import digest
+    from virt_aa.policy.named import digest
 
     out = Resolved()
     host = os.uname().nodename
@@ -119,7 +119,7 @@ def resolve(store: Store, dom: Domain) -> Resolved:
         else:
             out.files.append(os.path.realpath(path))
     if dom.meta.mode == "complain":
-        from .config import load
+        from virt_aa.host.config import load
 
         # complain asked for by whoever writes the XML: only where the host allows it;
         # otherwise the VM keeps its stored mode (never a more permissive one)
@@ -137,7 +137,7 @@ def policy_files(store: Store, dom: Domain) -> tuple[list[str], str | None, list
     res = resolve(store, dom)
     if not res.problems:
         return res.files, res.mode, []
-    from .config import load
+    from virt_aa.host.config import load
 
     if load(store).on_policy_mismatch == "warn":
         for p in res.problems:
@@ -166,7 +166,7 @@ def local_problems(store: Store, profile_name: str) -> list[str]:
 
 def on_broken_rules(store: Store) -> str:
     """``refuse`` (default) or ``stock``: what a VM start does with broken rules."""
-    from .config import load
+    from virt_aa.host.config import load
 
     return load(store).on_broken_rules
 

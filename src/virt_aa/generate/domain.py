@@ -10,8 +10,8 @@ exactly where the stock one does.
 
 from __future__ import annotations
 
-from .policies import Meta, PolicyError, find_metadata, parse_metadata
-from .xmlsafe import Node, XMLError, parse
+from virt_aa.generate.xmlsafe import Node, XMLError, parse
+from virt_aa.policy.named import Meta, PolicyError, find_metadata, parse_metadata
 
 # libvirt's enums (9.0.0).  An attribute outside these makes libvirt's parser
 # fail with "could not parse XML", so it does here as well.

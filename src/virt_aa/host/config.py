@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from .store import Store, StoreError
+from virt_aa.host.store import Store, StoreError
 
 ON_BROKEN = ("refuse", "stock")
 
@@ -32,7 +32,7 @@ class Config:
 def load(store: Store) -> Config:
     import tomllib
 
-    from .fsutil import read_text
+    from virt_aa.host.fsutil import read_text
 
     path = store.config_path()
     text = read_text(path)

@@ -1,0 +1,1 @@
+"""The pure generator: domain XML -> model -> ordered rules -> P and F."""

@@ -1,0 +1,1 @@
+"""The effects: state store, apparmor_parser, libvirt, installer, files."""

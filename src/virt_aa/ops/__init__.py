@@ -1,0 +1,1 @@
+"""The operations every front end shares (CLI, hook, Ansible): checked changes, status, fleets."""

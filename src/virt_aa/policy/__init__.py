@@ -1,0 +1,1 @@
+"""The policy model: AARE matching, effective policy, per-VM and named rules."""
