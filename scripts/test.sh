@@ -1,11 +1,16 @@
 #!/bin/bash
 # Set up (scripts/setup.sh) and run the whole test suite: lint, types, tests.
+# Prints how long each part took (CI reads it from .ci/run's output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+t0=$SECONDS
+part() { echo "== $1 ($(( SECONDS - t0 )) s so far)"; }
+part setup
 bash scripts/setup.sh
-echo "== ruff"
+part ruff
 .venv/bin/ruff check src tests bench ansible
-echo "== mypy"
+part mypy
 .venv/bin/mypy
-echo "== pytest"
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+part pytest
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"
+echo "== done in $(( SECONDS - t0 )) s"
