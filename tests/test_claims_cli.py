@@ -339,7 +339,7 @@ def test_suggest_interactive_on_a_terminal(tmp_path: Path, sandbox: Path) -> Non
     local = (sandbox / "etc/apparmor.d/local" / DPROFILE).read_text()
     stored = [ln for ln in local.splitlines() if ln and not ln.startswith("#")]
     assert stored[0] == '"/srv/exact/a.img" r,'
-    assert stored[1].startswith('"/srv/tree/sub') and stored[1].endswith(" rw,")
+    assert stored[1] == '"/srv/tree/sub/**" rw,'            # the third proposal: subtree
     assert stored[2].startswith("deny ") and "lttng-ust-wait-5" in stored[2]
     assert len(stored) == 3 and "/srv/skip" not in local
     assert "denial=1764064800.001:1" in local
@@ -351,6 +351,7 @@ def test_suggest_interactive_on_a_terminal(tmp_path: Path, sandbox: Path) -> Non
 
     assert allowed("/srv/exact/a.img") == 0 and allowed("/srv/exact/other.img") == 2
     assert allowed("/srv/tree/sub/b.img", "rw") == 0
+    assert allowed("/srv/tree/sub/deeper/c.img", "rw") == 0
     assert allowed("/srv/skip/c") == 2
     # answering no at the end stores nothing
     code, out = _pty_session(
