@@ -19,7 +19,8 @@ noise, rendered the way the host's logger writes it:
 Kernel-ring records are split around rate-limit notices (the rest sometimes
 lost) and cut at the printk limit; names with spaces, quotes or non-ASCII
 bytes are hex-encoded as the kernel does.  ``--truth FILE`` writes one JSON
-object per AppArmor record emitted: its line, decoded fields, ``source``
+object per AppArmor record emitted: its line, its ``text`` as printed
+(before any cut), the decoded fields, ``source``
 (kernel, audit, dbus, dbus-audit, dbus-kernel), ``event_id``, and whether it
 is ``complete``, ``split``, ``truncated`` or a ``duplicate`` (the second
 transport's copy of the same event).
@@ -620,7 +621,8 @@ class Generator:
 
     def avc(self, m: Moment, ev: Event) -> None:
         fmt, rng, c = self.o.format, self.rng, self.clock
-        body, t = body_of(ev.fields), ev.truth
+        body = body_of(ev.fields)
+        t = dict(ev.truth, text=body)      # the record as printed, before any cut
         if fmt == "audit":
             m.record(t, "kernel")
             enriched = ""
@@ -691,7 +693,8 @@ class Generator:
 
     def dbus(self, m: Moment, ev: Event) -> None:
         fmt, c = self.o.format, self.clock
-        body, t = body_of(ev.fields), ev.truth
+        body = body_of(ev.fields)
+        t = dict(ev.truth, text=body)      # the record as printed, before any cut
         user_avc = (f"pid={self.dbus_pid} uid=101 auid=4294967295 ses=4294967295 "
                     f"subj=unconfined msg='{body}  exe=\"/usr/bin/dbus-daemon\" sauid=101 "
                     f"hostname=? addr=? terminal=?'")
