@@ -6,7 +6,7 @@
     .venv/bin/python bench/denials_speed.py --file /var/log/audit/audit.log --runs 5
     .venv/bin/python bench/denials_speed.py --libapparmor    # also LibAppArmor's count (slow)
 
-The log comes from shared/tools/gen-denials (``--format audit --seed 42``).
+The log comes from tests/tools/gendenials.py (``--format audit --seed 42``).
 Baseline: ``grep -c 'apparmor="DENIED"' FILE``.  Ours, each in a fresh
 process: ``group_file(FILE)`` (full parsing and grouping, the library call)
 and ``virt-aa denials --file FILE --json > /dev/null`` (the command, with
@@ -34,8 +34,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VIRT_AA_SHARED", REPO.parent / "shared"))
-GEN = SHARED / "tools" / "gen-denials"
+GEN = REPO / "tests" / "tools" / "gendenials.py"
 
 RUNNER = r"""
 import json, resource, sys, time
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--file", help="scan this file instead of generating one")
     ap.add_argument("--lines", type=int, default=5_000_000, help="lines to generate (5000000)")
-    ap.add_argument("--format", default="audit", help="gen-denials format (audit)")
+    ap.add_argument("--format", default="audit", help="gendenials format (audit)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--runs", type=int, default=3, help="timed runs of each (3)")
     ap.add_argument("--workers", type=int, default=2)

@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VIRT_AA_SHARED", REPO.parent / "shared"))
+sys.path.insert(0, str(REPO / "bench"))
+from corpus_path import TYPICAL, domains_dir  # noqa: E402
+
 STOCK = "/usr/lib/libvirt/virt-aa-helper"
-TYPICAL = "vi-desktop-kitchen-sink.xml"
 
 
 def uuid_of(xml: bytes) -> str:
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO / "src"))
     from virt_aa.host import launcher
 
-    subprocess.run(["sh", str(SHARED / "corpus/domains/setup-images.sh")], check=True,
+    subprocess.run(["sh", str(domains_dir() / "setup-images.sh")], check=True,
                    capture_output=True)
     with tempfile.TemporaryDirectory(prefix="virt-aa-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if script.exists():
             cands["virt-aa (pip script)"] = [str(script)]
         inputs = {
-            f"typical ({TYPICAL})": (SHARED / "corpus/domains" / TYPICAL).read_bytes(),
+            f"typical ({TYPICAL})": (domains_dir() / TYPICAL).read_bytes(),
             f"{a.disks} qcow2 disks": many_disks(tmp, a.disks),
         }
         print(f"median wall time of `-d -r` over {a.runs} interleaved runs "

@@ -14,7 +14,6 @@ start with its file and line).  Prints medians and ratios.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -23,9 +22,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VIRT_AA_SHARED", REPO.parent / "shared"))
+sys.path.insert(0, str(REPO / "bench"))
+from corpus_path import TYPICAL, domains_dir  # noqa: E402
+
 STOCK = "/usr/lib/libvirt/virt-aa-helper"
-TYPICAL = "vi-desktop-kitchen-sink.xml"
 
 
 def field(xml: bytes, tag: str) -> str:
@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     from virt_aa.host import launcher
     from virt_aa.host.sandbox import seed
 
-    subprocess.run(["sh", str(SHARED / "corpus/domains/setup-images.sh")], check=True,
+    subprocess.run(["sh", str(domains_dir() / "setup-images.sh")], check=True,
                    capture_output=True)
-    xml = (SHARED / "corpus/domains" / TYPICAL).read_bytes()
+    xml = (domains_dir() / TYPICAL).read_bytes()
     name, uuid = field(xml, "name"), field(xml, "uuid")
     with tempfile.TemporaryDirectory(prefix="virt-aa-bench-") as tmp:
         root = Path(tmp) / "root"

@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 # gcc and python3-dev build the one C piece (the denial scanner's counter, setup.py)
 PKGS=(apparmor apparmor-utils libvirt-daemon-system libvirt-clients qemu-utils qemu-system-x86
-      python3-venv python3-libvirt python3-apparmor python3-libapparmor gcc python3-dev)
+      python3-venv python3-libvirt python3-apparmor python3-libapparmor gcc python3-dev
+      systemd)
 
 missing=()
 for p in "${PKGS[@]}"; do

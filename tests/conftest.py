@@ -17,6 +17,9 @@ CORPUS = SHARED / "corpus"
 STOCK_HELPER = "/usr/lib/libvirt/virt-aa-helper"
 PARSER = shutil.which("apparmor_parser") or "/sbin/apparmor_parser"
 FEATURES = "/usr/share/apparmor-features/features"
+# the project's own test data (no ../shared needed)
+GENDENIALS = REPO / "tests" / "tools" / "gendenials.py"
+DENIAL_SAMPLES = REPO / "tests" / "data" / "denials-real-samples.txt"
 
 
 def helper_argv() -> list[str]:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from aadfa import literal_match
-from conftest import SHARED, cli_argv
+from conftest import GENDENIALS, cli_argv
 from virt_aa.generate.paths import escape
 
-GEN = SHARED / "tools" / "gen-denials"
+GEN = GENDENIALS
 UUID = "5b0c8a2e-3d4f-4e6a-9b1c-2d3e4f5a6b7c"
 PROFILE = f"libvirt-{UUID}"
 
@@ -32,8 +33,9 @@ def virt_aa(*args: str, root: Path | None = None, stdin: str | None = None
 def audit_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("gen")
     log, truth = d / "audit.log", d / "audit.truth"
-    subprocess.run([str(GEN), "--format", "audit", "--lines", "20000", "--seed", "7",
-                    "-o", str(log), "--truth", str(truth)], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(GEN), "--format", "audit", "--lines", "20000",
+                    "--seed", "7", "-o", str(log), "--truth", str(truth)],
+                   check=True, capture_output=True)
     return log, truth
 
 

@@ -2,7 +2,7 @@
 
 * the C counter is built here (CI installs gcc and the Python headers; no skip),
 * it gives exactly what the pure-Python path gives: same groups, counts,
-  first/last stamps and counters, on gen-denials output and on fuzzed and
+  first/last stamps and counters, on gendenials output and on fuzzed and
   hostile auditd text, with any chunking and any number of workers,
 * its API: batches newest-first, a feed after a partial take, stamps and
   names decoded like the Python helpers, the parent= cut,
@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 
-from conftest import SHARED
+from conftest import GENDENIALS
 from virt_aa.denials import commands as dc
 from virt_aa.denials import scan
 from virt_aa.denials.scan import _PARENT_RE, _split, _stamp_time, group_file
 
-GEN = SHARED / "tools" / "gen-denials"
+GEN = GENDENIALS
 
 
 def test_the_c_counter_is_built() -> None:

@@ -42,9 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _relative_times(argv: list[str]) -> list[str]:
+    """``--since -2h`` as documented: argparse would take ``-2h`` for an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--since", "--until") and i + 1 < len(argv) and argv[i + 1][:1] == "-" \
+                and argv[i + 1][1:2].isdigit():
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_relative_times(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args))
     except (CliError, ManageError, StoreError) as exc:

@@ -63,9 +63,36 @@ def cmd_denials(args: argparse.Namespace) -> int:
         return _denials(args)
 
 
+def _follow(args: argparse.Namespace) -> int:
+    """``denials --follow``: one line per new record (JSON Lines with ``--json``)."""
+    from virt_aa.denials import commands as dc
+    from virt_aa.denials.sources import SourceError
+
+    uuid, vm = _log_domain(args)
+    names: dict[str, str] = {}
+    try:
+        for g in dc.follow_groups(args, uuid):
+            if g.uuid and g.uuid not in names:
+                names.update(_vm_names(args, {g.uuid}, vm))
+                names.setdefault(g.uuid, g.profile.split("//", 1)[0])
+            row = g.to_dict(names)
+            if getattr(args, "json", False):
+                print(json.dumps(row, ensure_ascii=True), flush=True)
+            else:
+                print(f"{row['first_seen'] or '?'}  {row['vm']}  {row['mode']} "
+                      f"{row['operation']} {row['perms'] or '-'} {row['resource']}", flush=True)
+    except SourceError as exc:
+        raise CliError(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _denials(args: argparse.Namespace) -> int:
     from virt_aa.denials import commands as dc
 
+    if getattr(args, "follow", False):
+        return _follow(args)
     if getattr(args, "json", False) and not sys.stdout.isatty() and dc.big_file(args):
         # a big file to a pipe or file: both cores to the last byte (denials/pair.py)
         from virt_aa.denials.pair import denials_json

@@ -1,7 +1,7 @@
 """Known QEMU-guest denials and their proper fixes, each with its source.
 
 Small on purpose: every entry is a denial seen in the wild (most are in
-``shared/corpus/denials/real-samples.txt``) where the stock rules should
+``tests/data/denials-real-samples.txt``) where the stock rules should
 arguably have covered a legitimate access, or where the fix is not the
 obvious "allow it".
 """

@@ -142,10 +142,31 @@ def scan(args: Any, uuid: str | None = None) -> Scan:
         return want is None or bool(want(rec))
 
     try:
-        result.groups = group_records(_count(iter_records(lines()), result), wanted)
+        result.groups = group_records(_count(once(iter_records(lines())), result), wanted)
     finally:
         progress.close()
     return result
+
+
+def follow_groups(args: Any, uuid: str | None = None) -> Iterator[Group]:
+    """``--follow``: each new guest record as it is written, as a group of one."""
+    from .parse import iter_records
+
+    since = sources.parse_time(args.since)
+    until = sources.parse_time(args.until)
+    want = for_domain(uuid)
+
+    def wanted(rec: Any) -> bool:
+        if since is not None and rec.time is not None and rec.time < since:
+            return False
+        if until is not None and rec.time is not None and rec.time > until:
+            return False
+        return want is None or bool(want(rec))
+
+    _, streams, _ = _lines(args)
+    for stream in streams:
+        for rec in once(iter_records(stream)):
+            yield from group_records([rec], wanted).values()
 
 
 BIG = 64 << 20
@@ -214,6 +235,25 @@ def keep_fold(uuid: str | None) -> tuple[Callable[[str | None], bool],
         return (k[0], m, k[2] or "?", k[3] or "?", k[5] or k[4] or "")
 
     return keep, fold
+
+
+def once(records: Iterable[Any], memory: int = 65536) -> Iterator[Any]:
+    """Each event once.  Without auditd, journald receives an AVC twice: printed
+    by the kernel (kernel transport) and from the audit socket (audit
+    transport), with the same event id; the second copy is dropped.  Records of
+    one transport are never merged (one event may log several)."""
+    seen: dict[tuple[str, str | None, str | None], str] = {}
+    for rec in records:
+        eid = rec.event_id
+        if eid is not None and rec.source in ("kernel", "audit"):
+            key = (eid, rec.profile, rec.operation)
+            other = seen.get(key)
+            if other is not None and other != rec.source:
+                continue
+            seen[key] = rec.source
+            if len(seen) > memory:
+                del seen[next(iter(seen))]
+        yield rec
 
 
 def _count(records: Iterable[Any], result: Scan) -> Iterator[Any]:

@@ -68,10 +68,13 @@ def rotated(path: str) -> list[str]:
 
 
 def follow(path: str, poll: float = 0.5) -> Iterator[str]:
-    """``tail -F``: new lines as they are written, across rotation."""
+    """``tail -F``: new lines as they are written, across rotation.  An empty
+    line after each burst tells the parser that no continuation is coming,
+    so a kernel-ring record is reported without waiting for the next line."""
     f = None
     inode = None
     buf = b""
+    fresh = False
     while True:
         if f is None:
             try:
@@ -87,7 +90,11 @@ def follow(path: str, poll: float = 0.5) -> Iterator[str]:
             *lines, buf = buf.split(b"\n")
             for raw in lines:
                 yield raw.decode("utf-8", "surrogateescape")
+            fresh = fresh or bool(lines)
             continue
+        if fresh:
+            fresh = False
+            yield ""
         try:
             if os.stat(path).st_ino != inode:
                 f.close()
