@@ -244,6 +244,10 @@ def record(source: str, corpus: str, xml_dir: Path) -> tuple[Path, dict[str, Ent
     meta: dict[str, object] = {"libvirt": version, "package": pkg,
                                "helper": "host" if source == "host" else f"chroot {source}",
                                "corpus": corpus}
+    if corpus == "libvirt-tests":
+        import libvirt_tests
+        suite, src = libvirt_tests.PINNED[libvirt_tests.source_for(version)]
+        meta["inputs"] = f"Debian {suite} source libvirt={src}"
     return save(version, corpus, meta, entries), entries, took
 
 

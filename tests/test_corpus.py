@@ -64,7 +64,7 @@ def test_a_changed_domain_xml_fails_loudly(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("version", oracle.recorded_versions("domains"))
-@pytest.mark.parametrize("corpus", ["domains"])
+@pytest.mark.parametrize("corpus", ["domains", "newer"])
 def test_recordings_are_current(corpus: str, version: str) -> None:
     """Every committed recording matches the XMLs it was made from."""
     if not oracle.recording_path(version, corpus).exists():
