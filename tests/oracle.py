@@ -105,8 +105,11 @@ def parse_rules(text: str) -> list[Rule]:
 def verdict(out: bytes, err: bytes, code: int | str) -> Entry:
     o = out.decode("utf-8", "surrogateescape")
     e = err.decode("utf-8", "surrogateescape")
+    # "errors" (every error line) helps classify a mismatch; recordings keep
+    # only the first line of stderr
     return {"exit": code, "stdout": o.split("\n", 1)[0], "stderr": e.split("\n", 1)[0],
-            "rules": parse_rules(e) or parse_rules(o)}
+            "rules": parse_rules(e) or parse_rules(o),
+            "errors": [line for line in e.split("\n") if ": error: " in line]}
 
 
 # ----------------------------------------------------------------------------- running
@@ -298,6 +301,14 @@ def grants(rules: list[Rule]) -> dict[str, set[str]]:
     return {p: s - deny.get(p, set()) for p, s in allow.items()}
 
 
+def _literal(path: str) -> str:
+    """The file an escaped rule path names (``a\\,b`` -> ``a,b``); a path with
+    glob characters is kept as written (compared as a pattern string)."""
+    if re.search(r"(?<!\\)[*?\[\]{}]", path):
+        return path
+    return re.sub(r"\\(.)", r"\1", path)
+
+
 def wider(stock_rules: list[Rule], our_rules: list[Rule]) -> list[tuple[str, str, str]]:
     """Every path where we grant a permission that stock does not, as
     (path, stock's permissions, ours).  Stock's permissions for a path are
@@ -317,10 +328,11 @@ def wider(stock_rules: list[Rule], our_rules: list[Rule]) -> list[tuple[str, str
     for path, perms in grants(our_rules).items():
         have = set(stock.get(path, set()))
         if not perms <= have:
+            literal = _literal(path)
             for pattern, p in patterns:
-                if pattern.matches(path.encode("utf-8", "surrogateescape")):
+                if pattern.matches(literal.encode("utf-8", "surrogateescape")):
                     have |= p
-            have -= stock_deny.get(path, set())
+            have -= stock_deny.get(path, set()) | stock_deny.get(literal, set())
         extra = perms - have
         if extra:
             out.append((path, "".join(sorted(have)) or "-", "".join(sorted(perms))))
@@ -347,11 +359,15 @@ def prepare(corpus: str) -> None:
         subprocess.run(["sh", str(setup)], check=True, stdout=subprocess.DEVNULL)
 
 
+_OURS: dict[tuple[str, str], dict[str, Entry]] = {}
+
+
 def compare_corpus(corpus: str, version: str,
                    ours: dict[str, Entry] | None = None) -> tuple[dict[str, Entry],
                                                                    dict[str, list[str]]]:
     """Our helper in ``version``'s mode over a corpus, against the recording.
-    Returns (our entries, {domain: problems}) for the mismatching domains."""
+    Returns (our entries, {domain: problems}) for the mismatching domains.
+    Our run is kept for the process: the parity and never-wider tests share it."""
     rec = load(version, corpus)
     expected = rec["domains"]
     assert isinstance(expected, dict)
@@ -362,14 +378,83 @@ def compare_corpus(corpus: str, version: str,
             f"{corpus}: {len(bad)} domain XMLs differ from the libvirt {version} recording "
             f"({', '.join(bad[:5])}...): re-record with scripts/record-oracle.sh SUITE")
     if ours is None:
+        ours = _OURS.get((corpus, version))
+    if ours is None:
         prepare(corpus)
         ours = run_corpus(xml_dir, ours_runner(version), sorted(expected))
+        _OURS[(corpus, version)] = ours
     problems = {}
     for name, exp in expected.items():
         diff = differences(exp, ours[name])
         if diff:
             problems[name] = diff
     return ours, problems
+
+
+WIDER = "wider than stock"
+CLASSES = (WIDER, "accepted by us, rejected by stock", "refused by us, accepted by stock",
+           "missing rules", "other rules", "rule order")
+
+
+def deliberate(stock: Entry, ours: Entry) -> str | None:
+    """The README's deliberate difference a mismatch is, if it is one."""
+    errors = ours.get("errors") or []
+    assert isinstance(errors, list)
+    if stock["exit"] == 0 and ours["exit"] != 0 and \
+            any("skipped restricted file" in e for e in errors):
+        return "deliberate: restricted path refused"
+    if stock["exit"] != 0 or ours["exit"] != 0:
+        return None
+    mine = [[_literal(p), perms] for p, perms in rules_of(ours)]
+    if mine == rules_of(stock):
+        return "deliberate: glob characters escaped"
+    for version in ("tpm2", "tpm1.2"):
+        filled = [[p.replace("/(null)/", f"/{version}/"), perms] for p, perms in rules_of(stock)]
+        if filled != rules_of(stock) and filled == rules_of(ours):
+            return "deliberate: TPM version filled in as libvirtd does"
+    return None
+
+
+def classify(stock: Entry, ours: Entry) -> str:
+    """One mismatch's class (the report's table).  A domain stock rejects is
+    never started by libvirt, so what we would grant it is not "wider"."""
+    why = deliberate(stock, ours)
+    if why:
+        return why
+    if stock["exit"] != 0 and ours["exit"] == 0:
+        return "accepted by us, rejected by stock"
+    if stock["exit"] == 0 and ours["exit"] != 0:
+        return "refused by us, accepted by stock"
+    if wider(rules_of(stock), rules_of(ours)):
+        return WIDER
+    mine = {tuple(r) for r in rules_of(ours)}
+    if any(tuple(r) not in mine for r in rules_of(stock)):
+        return "missing rules"
+    if sorted(map(tuple, rules_of(stock))) == sorted(map(tuple, rules_of(ours))):
+        return "rule order"
+    return "other rules"
+
+
+KNOWN = ORACLE_DIR / "known-mismatches.json"
+
+
+def known() -> dict[str, dict[str, dict[str, dict[str, object]]]]:
+    """version -> corpus -> domain -> {"class", "wider": [paths]}: the mismatches
+    of our helper at the time of writing (scripts: tests/oracle.py known)."""
+    data: dict[str, dict[str, dict[str, dict[str, object]]]] = json.loads(KNOWN.read_text())
+    return data
+
+
+def wider_entry(stock: Entry, ours: Entry) -> list[tuple[str, str, str]]:
+    """``wider`` for one domain, when both helpers accept it."""
+    if stock["exit"] != 0 or ours["exit"] != 0:
+        return []
+    return wider(rules_of(stock), rules_of(ours))
+
+
+def known_entry(stock: Entry, ours: Entry) -> dict[str, object]:
+    return {"class": classify(stock, ours),
+            "wider": sorted(p for p, _, _ in wider_entry(stock, ours))}
 
 
 def main(argv: list[str]) -> int:
@@ -383,7 +468,13 @@ def main(argv: list[str]) -> int:
     cp.add_argument("version", help="libvirt version X.Y.Z (a directory of tests/oracle)")
     cp.add_argument("corpora", nargs="*", default=list(CORPORA))
     cp.add_argument("-v", "--verbose", action="store_true", help="show each diff")
+    kp = sub.add_parser("known", help="write tests/oracle/known-mismatches.json from a "
+                                      "comparison of every recording")
+    kp.add_argument("versions", nargs="*")
+    kp.add_argument("--reuse", action="store_true", help="classify our cached outputs again")
     a = ap.parse_args(argv)
+    if a.cmd == "known":
+        return write_known(a.versions, a.reuse)
     if a.cmd == "record":
         version = stock_version(a.source)[0]
         for corpus in a.corpora:
@@ -402,7 +493,7 @@ def main(argv: list[str]) -> int:
         ours, problems = compare_corpus(corpus, a.version)
         rec = load(a.version, corpus)["domains"]
         assert isinstance(rec, dict)
-        wide = {n: w for n in rec if (w := wider(rules_of(rec[n]), rules_of(ours[n])))}
+        wide = {n: w for n in rec if (w := wider_entry(rec[n], ours[n]))}
         for name, diff in sorted(problems.items()):
             print(f"FAIL {corpus}/{name}: " + ("\n  ".join(diff) if a.verbose else diff[0][:160]))
         for name, w in sorted(wide.items()):
@@ -412,6 +503,38 @@ def main(argv: list[str]) -> int:
               f"{len(wide)} wider ({time.monotonic() - t0:.0f}s)")
         status |= bool(problems) or bool(wide)
     return int(status)
+
+
+def _ours_cache(version: str, corpus: str) -> Path:
+    return CACHE / "ours" / version / (corpus + ".json")
+
+
+def write_known(versions: list[str], reuse: bool = False) -> int:
+    """Compare every recording and store the remaining mismatches by class.
+    Our outputs are kept in the cache; ``reuse`` classifies them again
+    without re-running (when only the classification changed)."""
+    out = known() if KNOWN.exists() else {}
+    for version in versions or sorted({p.parent.name for p in ORACLE_DIR.glob("*/*.json")}):
+        out[version] = {}
+        for corpus in CORPORA:
+            if not recording_path(version, corpus).exists():
+                continue
+            t0 = time.monotonic()
+            cached = _ours_cache(version, corpus)
+            mine = json.loads(cached.read_text()) if reuse and cached.exists() else None
+            ours, problems = compare_corpus(corpus, version, mine)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(ours))
+            rec = load(version, corpus)["domains"]
+            assert isinstance(rec, dict)
+            out[version][corpus] = {n: known_entry(rec[n], ours[n]) for n in sorted(problems)}
+            counts: dict[str, int] = {}
+            for e in out[version][corpus].values():
+                counts[str(e["class"])] = counts.get(str(e["class"]), 0) + 1
+            print(f"libvirt {version} {corpus}: {len(rec) - len(problems)}/{len(rec)} match; "
+                  f"{counts} ({time.monotonic() - t0:.0f}s)", flush=True)
+    KNOWN.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
