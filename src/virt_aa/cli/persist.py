@@ -209,7 +209,8 @@ def register(sub: Any) -> None:
                     help="with --path: the directory and everything below it")
     sp.add_argument("--comment", help="why (stored with the rule and in the history)")
     sp.add_argument("--force", action="store_true",
-                    help="allow a rule that reaches a restricted path (/etc, /root, ...)")
+                    help="allow a rule that reaches a restricted path (/etc, /root, ...) "
+                         "or another VM's files (recorded and flagged)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_allow)
 
