@@ -55,6 +55,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                "per-VM rules: none")
     for lr in local["rules"]:
         flag = "  RESTRICTED (added with --force)" if lr["restricted"] else ""
+        if lr.get("reaches"):
+            flag += f"  REACHES OTHER VMs (added with --force): {lr['reaches']}"
         why = f"  # {lr['comment']}" if lr.get("comment") else ""
         out.append(f"  [{lr['id']}] {lr['rule']}{why}  ({lr.get('by', '?')}, "
                    f"{lr.get('added', 'hand-edited')}){flag}")
@@ -125,6 +127,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
     result = list_rules(_store(args), vm)
     lines = [f"{r['id']}  {r['rule']}" + (f"  # {r['comment']}" if r.get("comment") else "")
              + ("  RESTRICTED" if r["restricted"] else "")
+             + (f"  REACHES OTHER VMs: {r['reaches']}" if r.get("reaches") else "")
              for r in result["rules"]]
     lines += [f"BROKEN line {p['line']}: {p['reason']}"
               for p in result["problems"]]

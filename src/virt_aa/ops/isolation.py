@@ -177,3 +177,29 @@ def check_each(texts: list[str], dom: Domain, files: list[Owned],
         rules = file_rules([text], via)
         out[text] = reaches(rules, dom.uuid, files, via) if rules else []
     return out
+
+
+def isolate_proposals(items: list[dict[str, Any]], vm: Any) -> None:
+    """Drop every proposal that would reach another VM's file; say why.
+
+    The exact path stays (unless it is itself another VM's file: then
+    nothing is proposed).  ``items``: ``suggest``'s denials with proposals.
+    """
+    files = files_of(with_vm(vm.host_domains(), vm.dom))
+    for item in items:
+        kept: list[tuple[dict[str, Any], list[Reach]]] = []
+        dropped: list[tuple[dict[str, Any], list[Reach]]] = []
+        for p in item["proposals"]:
+            found = [r for r in reaches(file_rules([p["rule"]], "proposal"), vm.dom.uuid,
+                                        files, "proposal") if not r.declared]
+            (dropped if found else kept).append((p, found))
+        if not dropped:
+            continue
+        item["proposals"] = [p for p, _ in kept]
+        first: dict[str, Owned] = {}
+        for _, found in dropped:
+            for r in found:
+                first.setdefault(r.owned.name, r.owned)
+        whose = ", ".join(f"VM {o.name}'s {o.what} {o.path}" for o in first.values())
+        item["isolation"] = (f"not proposed: {', '.join(d['kind'] for d, _ in dropped)} -- "
+                             f"would reach {whose}" + ("; the exact path only" if kept else ""))

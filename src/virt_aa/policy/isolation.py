@@ -197,9 +197,13 @@ def breaches(found: list[Reach]) -> list[Reach]:
 def refusal(found: list[Reach], flag: str = "--force") -> str:
     """One line for the admin naming the other VM(s) and file(s)."""
     bad = breaches(found)
-    first = bad[0]
-    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-    return (f"rule {first.rule.text()!r} reaches VM {first.owned.name}'s {first.owned.what} "
-            f"{first.owned.path}{more}: one VM must not reach another's files (DESIGN §5); "
-            f"use the exact path of this VM's own file, or add {flag} if the VMs really "
-            f"share it")
+    per_vm: dict[str, Reach] = {}
+    for r in bad:
+        per_vm.setdefault(r.owned.name, r)
+    named = [f"VM {r.owned.name}'s {r.owned.what} {r.owned.path}"
+             for r in list(per_vm.values())[:4]]
+    more = len(bad) - len(named)
+    return (f"rule {bad[0].rule.text()!r} reaches {', '.join(named)}"
+            f"{f' (and {more} more)' if more > 0 else ''}: one VM must not reach another's "
+            f"files (DESIGN §5); use the exact path of this VM's own file, or add {flag} if "
+            f"the VMs really share it")
