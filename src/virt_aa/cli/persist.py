@@ -92,6 +92,10 @@ def cmd_allow(args: argparse.Namespace) -> int:
              for r in added] or ["nothing new: " + str(result["status"])]
     if added:
         lines.append(str(result["status"]))
+    if result.get("isolation"):
+        from virt_aa.ops.manage import warn
+
+        warn(f"isolation {result['isolation']}")
     return _emit(args, result, "\n".join(lines))
 
 

@@ -52,6 +52,10 @@ def _isolate_policy(text: str, dom: Domain | None, domains: list[Domain],
     from virt_aa.policy.isolation import breaches, reaches, refusal
 
     rules = file_rules([r.text for r in parse_file(text)[0]], "policy")
+    for r in rules:
+        if r.pattern is None and not r.deny and not force:
+            raise ManageError(f"rule {r.text()!r}: cannot tell whether it reaches a VM's "
+                              f"files ({r.error}); add --force if you mean it")
     files = files_of(with_vm(domains, dom) if dom is not None else domains)
     bad = breaches(reaches(rules, dom.uuid if dom is not None else "", files, "policy"))
     if bad and not force:
@@ -384,7 +388,14 @@ def _check_import_rules(store: Store, uuid: str, text: str, domains: list[Domain
     from virt_aa.policy.isolation import breaches, refusal
 
     files = files_of(with_vm(domains, dom))
-    for found in check_each([r.text for r in rules], dom, files, "per-VM rule").values():
+    try:
+        checked = check_each([r.text for r in rules], dom, files, "per-VM rule")
+    except ValueError as exc:
+        if force:
+            checked = {}
+        else:
+            raise ManageError(f"rules of {dom.name}: {exc}") from None
+    for found in checked.values():
         if breaches(found) and not force:
             raise ManageError(f"rules of {dom.name}: {refusal(found)}")
     vm = VM(dom, None)

@@ -175,6 +175,10 @@ def check_each(texts: list[str], dom: Domain, files: list[Owned],
     out: dict[str, list[Reach]] = {}
     for text in texts:
         rules = file_rules([text], via)
+        for r in rules:
+            if r.pattern is None and not r.deny:
+                raise ValueError(f"rule {text!r}: cannot tell whether it reaches another "
+                                 f"VM's files ({r.error})")
         out[text] = reaches(rules, dom.uuid, files, via) if rules else []
     return out
 

@@ -293,7 +293,12 @@ def _isolate(vm: VM, fresh: list[LocalRule], files: list[Owned], force: bool) ->
     from virt_aa.ops.isolation import check_each, forced_note
     from virt_aa.policy.isolation import breaches, refusal
 
-    found = check_each([r.text for r in fresh], vm.dom, files, "per-VM rule")
+    try:
+        found = check_each([r.text for r in fresh], vm.dom, files, "per-VM rule")
+    except ValueError as exc:
+        if not force:
+            raise ManageError(f"{exc}; add --force if you mean it") from None
+        return
     for r in fresh:
         bad = breaches(found.get(r.text, []))
         if bad and not force:
