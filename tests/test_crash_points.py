@@ -2,9 +2,9 @@
 
 ``VIRT_AA_CRASH_AT=N`` makes a virt-aa process ``os._exit(86)`` at its N-th
 durable step (each write -- torn in half --, fsync, rename, unlink, parser
-call; see ``virt_aa.host.fsutil``).  For every state-changing command, the
-test first counts its steps (the smallest N at which it no longer dies),
-then, for each N, on a fresh copy of the same primed sandbox:
+call; see ``virt_aa.host.fsutil``).  For every state-changing command and
+N = 1, 2, ... until the command no longer dies (it has N - 1 durable
+steps), on a fresh copy of the same primed sandbox:
 
 * kills the command at step N;
 * checks nothing is half-written: every per-VM file parses with no problem,
@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -137,19 +136,6 @@ def whole_files(root: Path, p_web01: Path) -> None:
     assert res.returncode == 0, res.stderr
 
 
-def count_steps(root: Path, args: list[str], copy: Callable[[], Path]) -> int:
-    """The number of durable steps of a command (the first N it survives, minus 1)."""
-    n = 1
-    while True:
-        target = copy()
-        proc = run(target, args, crash=n)
-        if proc.returncode != CRASH_EXIT:
-            ok(proc)
-            return n - 1
-        n += 1
-        assert n < 200, "runaway step count"
-
-
 @pytest.mark.parametrize("label", list(COMMANDS))
 def test_crash_at_every_durable_step(primed: Path, tmp_path: Path, label: str) -> None:
     args = COMMANDS[label]
@@ -164,14 +150,18 @@ def test_crash_at_every_durable_step(primed: Path, tmp_path: Path, label: str) -
     ok(run(reference, args))
     expected = state(reference)
     assert expected != state(primed), "the command changes nothing: a useless test"
-    steps = count_steps(primed, args, copy)
-    assert steps >= 6, f"{label}: only {steps} durable steps seen"
     p_web01 = Path(f"etc/apparmor.d/libvirt/libvirt-{_uuid('web01')}")
     lost = broken = 0
-    for n in range(1, steps + 1):
+    n = 0
+    while True:
+        n += 1
+        assert n < 200, "runaway step count"
         target = copy()
         proc = run(target, args, crash=n)
-        assert proc.returncode == CRASH_EXIT, (n, proc.stderr)
+        if proc.returncode != CRASH_EXIT:     # past the last durable step: it just ran
+            ok(proc)
+            assert state(target) == expected
+            break
         try:
             whole_files(target, target / p_web01)
         except AssertionError:
@@ -191,5 +181,30 @@ def test_crash_at_every_durable_step(primed: Path, tmp_path: Path, label: str) -
                                             if got.get(k) != v})
         assert compile_profile(target / p_web01, target).returncode == 0
         shutil.rmtree(target)
+    steps = n - 1
+    assert steps >= 6, f"{label}: only {steps} durable steps seen"
     print(f"{label}: {steps} crash points, {lost} lost, {broken} broken")
     assert os.path.isdir(primed)
+
+
+def test_journal_rolls_back_files_and_histories(tmp_path: Path) -> None:
+    """In-process: what recovery puts back (absent files removed, histories cut)."""
+    from virt_aa.host.journal import begin, recover
+    from virt_aa.host.store import Store
+
+    store = Store(str(tmp_path))
+    kept, new, hist = tmp_path / "kept", tmp_path / "new", tmp_path / "h.jsonl"
+    kept.write_text("old\n")
+    hist.write_text('{"a": 1}\n')
+    begin(store, [str(kept), str(new)], [str(hist)])
+    kept.write_text("changed\n")
+    new.write_text("created\n")
+    hist.write_text('{"a": 1}\n{"b": 2')                     # a torn record
+    (tmp_path / "kept.4242.tmp").write_text("half")
+    restored = recover(store)
+    assert sorted(restored) == sorted([str(kept), str(new), str(hist)])
+    assert kept.read_text() == "old\n" and not new.exists()
+    assert hist.read_text() == '{"a": 1}\n'
+    assert not (tmp_path / "kept.4242.tmp").exists()
+    assert not (tmp_path / "var/lib/virt-aa/journal").exists()
+    assert recover(store) == []                               # nothing left to do
