@@ -1,4 +1,4 @@
-"""Shared fixtures: where the shared corpus is, how to run the helpers."""
+"""Shared fixtures: where the corpus is, how to run the helpers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VIRT_AA_SHARED", REPO.parent / "shared"))
-CORPUS = SHARED / "corpus"
+# the project's own corpus (tests/corpus/domains) and recordings (tests/oracle)
+CORPUS = REPO / "tests" / "corpus"
 STOCK_HELPER = "/usr/lib/libvirt/virt-aa-helper"
 PARSER = shutil.which("apparmor_parser") or "/sbin/apparmor_parser"
 FEATURES = "/usr/share/apparmor-features/features"
@@ -98,8 +99,6 @@ def compile_profile(path: Path, root: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="session")
 def corpus_images() -> Path:
     """/tmp/virt-aa-corpus as the corpus expects it (built once per run)."""
-    setup = CORPUS / "domains" / "setup-images.sh"
-    if not setup.exists():
-        pytest.fail(f"shared corpus not found at {CORPUS} (set VIRT_AA_SHARED)")
-    subprocess.run(["sh", str(setup)], check=True, capture_output=True)
+    subprocess.run(["sh", str(CORPUS / "domains" / "setup-images.sh")], check=True,
+                   capture_output=True)
     return Path("/tmp/virt-aa-corpus")

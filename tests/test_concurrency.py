@@ -7,16 +7,13 @@ virt-aa process gets its own private driver state; only read here).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -165,26 +162,7 @@ def test_concurrent_allows_and_reload(tmp_path: Path) -> None:
         assert sorted(r["rule"] for r in allows) == sorted(rules)
 
 
-# -- b. kill -9 at random moments ---------------------------------------------------------
-
-def _crash_bench() -> ModuleType:
-    path = REPO / "bench" / "crash_allow.py"
-    spec = importlib.util.spec_from_file_location("crash_allow", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("crash_allow", module)  # dataclasses look their module up
-    spec.loader.exec_module(sys.modules["crash_allow"])
-    module = sys.modules["crash_allow"]
-    return module
-
-
-def test_kill9_during_allow_loses_nothing(tmp_path: Path) -> None:
-    bench = _crash_bench()
-    res = bench.run(40, 20261125, tmp_path, log=print)
-    print(f"kills before the write: {res.before_write}, after: {res.after_write}")
-    assert res.runs == 40
-    assert res.violations == []
-    assert res.before_write + res.after_write == 40
+# -- b. crashes: see test_crash_points.py (fault injection at every durable step) ----------
 
 
 def _plant_stale(root: Path, uuid: str) -> list[str]:

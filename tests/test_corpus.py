@@ -1,21 +1,20 @@
-"""Parity with libvirt 9.0's helper on the shared corpus, and the compile check.
+"""Parity with libvirt 9.0's helper on the corpus, and the compile check.
 
-The compare script is the project's yardstick (DESIGN §6): every corpus
-domain must match the recorded real helper, except the deliberate safety
-differences listed in the README, which are checked here one by one.
+The recorded real helper (tests/oracle/9.0.0/domains.json, see tests/oracle.py)
+is the project's yardstick (DESIGN §6): every corpus domain must match it,
+rule for rule and in the same order, except the deliberate safety differences
+listed in the README, which are checked here one by one.
 """
 
 from __future__ import annotations
 
-import json
-import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import CORPUS, compile_profile, helper_argv, rules_of, run_helper
+import oracle
+from conftest import CORPUS, compile_profile, rules_of, run_helper
 
 # README "Deliberate differences from stock": the corpus cases they show in.
 DELIBERATE = {
@@ -24,23 +23,58 @@ DELIBERATE = {
 }
 
 
-def expected(name: str) -> dict:  # type: ignore[type-arg]
-    return json.loads((CORPUS / "expected" / (name[:-4] + ".json")).read_text())
+def expected(name: str) -> dict[str, object]:
+    """The real 9.0 helper's recorded verdict, with the profile name it got."""
+    entry = dict(oracle.load("9.0.0", "domains")["domains"][name])  # type: ignore[index]
+    args = entry["args"]
+    assert isinstance(args, list)
+    entry["profile"] = args[args.index("-u") + 1]
+    return entry
 
 
-def test_compare_matches_all_but_deliberate_differences() -> None:
-    template = " ".join(shlex.quote(a) for a in helper_argv()) + " -d -r -u {profile}"
-    proc = subprocess.run([sys.executable, str(CORPUS / "compare"), "-q", template],
-                          capture_output=True, text=True, errors="replace", timeout=600,
-                          check=False)
-    lines = proc.stdout.strip().splitlines()
-    assert lines, proc.stderr
-    failed = {line.split()[1] for line in lines if line.startswith("FAIL ")}
-    total = len(list((CORPUS / "domains").glob("*.xml")))
-    print(f"compare: {lines[-1]}  (deliberate differences: {sorted(failed)})")
-    assert failed == DELIBERATE, proc.stdout[-5000:]
-    assert lines[-1] == f"{total - len(DELIBERATE)}/{total} domains match"
-    assert "Traceback" not in proc.stdout
+def test_matches_all_but_deliberate_differences_in_order(corpus_images: Path) -> None:
+    """Exit code and every rule in the stock helper's order (README: "same
+    rules in the same order"); a changed XML without a new recording fails."""
+    ours, problems = oracle.compare_corpus("domains", "9.0.0")
+    total = len(ours)
+    assert b"Traceback" not in b"".join(str(e["stderr"]).encode() for e in ours.values())
+    print(f"corpus: {total - len(problems)}/{total} match libvirt 9.0 "
+          f"(deliberate differences: {sorted(problems)})")
+    assert set(problems) == DELIBERATE, "\n".join(
+        f"{n}: {p}" for n, ps in problems.items() if n not in DELIBERATE for p in ps)
+    assert total == len(oracle.domains(CORPUS / "domains")) == 140
+
+
+def test_a_changed_domain_xml_fails_loudly(tmp_path: Path) -> None:
+    """The recordings carry each XML's sha256: an XML edited, added or removed
+    without re-recording is named, with the command that re-records."""
+    copy = tmp_path / "domains"
+    copy.mkdir()
+    names = oracle.domains(CORPUS / "domains")
+    for name in names:
+        (copy / name).write_bytes((CORPUS / "domains" / name).read_bytes())
+    entries = oracle.load("9.0.0", "domains")["domains"]
+    assert isinstance(entries, dict)
+    assert oracle.stale(copy, entries) == []
+    (copy / names[0]).write_bytes((copy / names[0]).read_bytes().replace(b"</domain>",
+                                                                         b"<!-- -->\n</domain>"))
+    (copy / "new-domain.xml").write_bytes(b"<domain/>")
+    (copy / names[1]).unlink()
+    assert oracle.stale(copy, entries) == sorted([names[0], names[1], "new-domain.xml"])
+
+
+@pytest.mark.parametrize("version", oracle.recorded_versions("domains"))
+@pytest.mark.parametrize("corpus", ["domains", "newer"])
+def test_recordings_are_current(corpus: str, version: str) -> None:
+    """Every committed recording matches the XMLs it was made from."""
+    if not oracle.recording_path(version, corpus).exists():
+        pytest.fail(f"no {corpus} recording for libvirt {version}: "
+                    f"scripts/record-oracle.sh SUITE {corpus}")
+    entries = oracle.load(version, corpus)["domains"]
+    assert isinstance(entries, dict)
+    bad = oracle.stale(CORPUS / corpus, entries)
+    assert not bad, (f"{corpus}: {bad} changed since the libvirt {version} recording; "
+                     f"re-record with scripts/record-oracle.sh SUITE {corpus}")
 
 
 def _ours(name: str) -> subprocess.CompletedProcess[bytes]:
@@ -52,7 +86,7 @@ def test_readonly_share_of_root_is_refused(corpus_images: Path) -> None:
     """Stock grants `/** r` (all of /etc, /root ...); we refuse the share."""
     name = "hw-filesystem-readonly-root.xml"
     exp = expected(name)
-    assert exp["exit_code"] == 0
+    assert exp["exit"] == 0
     assert ["/**", "r"] in exp["rules"] and ["/", "r"] in exp["rules"]
     ours = _ours(name)
     assert ours.returncode == 1
@@ -80,7 +114,7 @@ def _accepted() -> list[str]:
     out = []
     for path in sorted((CORPUS / "domains").glob("*.xml")):
         exp = expected(path.name)
-        if exp["exit_code"] == 0 and path.name not in DELIBERATE:
+        if exp["exit"] == 0 and path.name not in DELIBERATE:
             out.append(path.name)
     return out
 
@@ -100,9 +134,9 @@ def test_every_accepted_corpus_domain_compiles(corpus_images: Path, sandbox: Pat
         xml = (CORPUS / "domains" / name).read_bytes()
         proc = run_helper(["-c", *args], xml, root=str(sandbox))
         assert proc.returncode == 0, (name, proc.stderr.decode(errors="replace"))
-        profile = libvirt_dir / exp["profile"]
+        profile = libvirt_dir / str(exp["profile"])
         assert profile.exists(), name
-        files = libvirt_dir / (exp["profile"] + ".files")
+        files = libvirt_dir / (str(exp["profile"]) + ".files")
         if "type='lxc'" in xml.decode() or 'type="lxc"' in xml.decode():
             assert not files.exists()
         else:

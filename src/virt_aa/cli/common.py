@@ -34,18 +34,38 @@ def _read_xml(path: str) -> bytes:
 
 def _vm(args: argparse.Namespace, domain: str | None) -> VM:
     """The domain named on the command line (or --xml), with its running state."""
+    recover(args)
     if getattr(args, "xml", None):
-        return vm_from_xml(_read_xml(args.xml), None, args.xml)
+        vm = vm_from_xml(_read_xml(args.xml), None, args.xml)
+        if getattr(args, "connect", None):
+            from virt_aa.ops.isolation import host_domains
+
+            vm.peers, vm.peers_note = host_domains(args.connect)
+        return vm
     if not domain:
         raise CliError("name a domain (name, UUID or id), or give --xml FILE")
     from virt_aa.host import libvirt as lv
+    from virt_aa.ops.isolation import domains_of
 
     try:
         conn = lv.connect(args.connect)
         dom = lv.lookup(conn, domain)
-        return vm_from_xml(lv.domain_xml(dom), lv.is_running(dom), f"domain {domain}")
+        vm = vm_from_xml(lv.domain_xml(dom), lv.is_running(dom), f"domain {domain}")
+        vm.peers = domains_of(conn)
+        return vm
     except lv.LibvirtError as exc:
         raise CliError(str(exc)) from None
+
+
+def recover(args: argparse.Namespace) -> None:
+    """Roll back a change a dead process left half done, before reading any state
+    (an offline XML file is part of it)."""
+    from virt_aa.host.store import JOURNAL
+
+    store = _store(args)
+    if os.path.exists(store.path(JOURNAL)):
+        with store:
+            pass
 
 
 def _split_domain(args: argparse.Namespace, items: list[str]) -> tuple[str | None, list[str]]:

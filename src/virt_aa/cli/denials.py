@@ -187,6 +187,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     for g in sorted(found.groups.values(), key=lambda g: (-g.count, g.resource)):
         props = dc.proposals_for(g, matches)
         items.append({"denial": g.to_dict(names), "proposals": props})
+    from virt_aa.ops.isolation import isolate_proposals
+
+    isolate_proposals(items, vm)
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not args.json
     chosen: list[tuple[str, dict[str, Any]]] = []
     for item in items:
@@ -216,6 +219,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         for p in item["proposals"]:
             lines.append(f"    {p['kind']:<15} {p['rule']}"
                          + ("" if p["covers"] else "   (would NOT cover it)"))
+        if item.get("isolation"):
+            lines.append(f"    {item['isolation']}")
         if "skipped" in item:
             lines.append(f"    {item['skipped']}")
     lines += [f"applied [{r['id']}] {r['rule']}" for r in result["applied"]]

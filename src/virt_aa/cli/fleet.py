@@ -7,7 +7,15 @@ import json
 import sys
 from typing import Any
 
-from virt_aa.cli.common import CliError, _emit, _read_xml, _split_domain, _store, _vm
+from virt_aa.cli.common import (
+    CliError,
+    _emit,
+    _read_xml,
+    _split_domain,
+    _store,
+    _vm,
+    recover,
+)
 from virt_aa.ops.manage import VM, vm_from_xml
 
 
@@ -35,19 +43,43 @@ def cmd_policy(args: argparse.Namespace) -> int:
         text = sys.stdin.read()
     else:
         text = _read_xml(source).decode("utf-8", "surrogateescape")
-    res = fleet.add_policy(store, args.name, text, args.force)
+    res = fleet.add_policy(store, args.name, text, args.force, _host_domains(args))
+    flag = "".join(f"\nFORCED: {r['rule']} reaches {r['other']}'s {r['what']} {r['file']}"
+                   for r in res.get("reaches", []))
     return _emit(args, {k: v for k, v in res.items() if k != "previous"},
                  f"{'installed' if res['changed'] else 'unchanged'}: {args.name} "
-                 f"sha256 {res['sha256']}")
+                 f"sha256 {res['sha256']}{flag}")
+
+
+def _host_domains(args: argparse.Namespace) -> list[Any]:
+    """The host's domains for the isolation checks (none when libvirt is unreachable)."""
+    from virt_aa.ops.isolation import host_domains
+
+    domains, why = host_domains(args.connect)
+    if why:
+        print(f"virt-aa: warning: isolation not checked against other domains: {why}",
+              file=sys.stderr)
+    return domains
+
+
+class _Offline:
+    """Stores the metadata in an offline domain's XML file (``path``: for the journal)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, element: str | None) -> None:
+        from virt_aa.ops import fleet
+
+        fleet.set_offline(self.path, element)
 
 
 def _vm_setter(args: argparse.Namespace, domain: str | None) -> tuple[VM, Any]:
     """The VM and a function that stores its virt-aa metadata."""
-    from virt_aa.ops import fleet
+    recover(args)
 
     if getattr(args, "xml", None):
-        path = args.xml
-        return _vm(args, None), lambda element: fleet.set_offline(path, element)
+        return _vm(args, None), _Offline(args.xml)
     if not domain:
         raise CliError("name a domain (name, UUID or id), or give --xml FILE")
     from virt_aa.host import libvirt as lv
@@ -56,6 +88,9 @@ def _vm_setter(args: argparse.Namespace, domain: str | None) -> tuple[VM, Any]:
         conn = lv.connect(args.connect, readonly=False)
         dom = lv.lookup(conn, domain)
         vm = vm_from_xml(lv.domain_xml(dom), lv.is_running(dom), f"domain {domain}")
+        from virt_aa.ops.isolation import domains_of
+
+        vm.peers = domains_of(conn)
     except lv.LibvirtError as exc:
         raise CliError(str(exc)) from None
 
@@ -76,8 +111,10 @@ def cmd_attach(args: argparse.Namespace) -> int:
         raise CliError(f"usage: virt-aa {args.command} DOMAIN POLICY")
     vm, setter = _vm_setter(args, domain)
     store = _store(args)
-    fn = fleet.attach if args.command == "attach" else fleet.detach
-    res = fn(store, vm, rest[0], setter)
+    if args.command == "attach":
+        res = fleet.attach(store, vm, rest[0], setter, args.force)
+    else:
+        res = fleet.detach(store, vm, rest[0], setter)
     return _emit(args, res, f"{vm.dom.name}: {args.command} {rest[0]}: "
                             f"{'done' if res['changed'] else 'nothing to do'}; {res['status']}")
 
@@ -106,6 +143,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(f"{args.file}: not JSON: {exc}") from None
     store = _store(args)
+    recover(args)
     changes = fleet.plan_import(store, doc)
     text = "\n".join(f"== {c['kind']} {c.get('name') or c.get('uuid')}\n{c['diff']}"
                      for c in changes) or "nothing to import: this host already matches"
@@ -118,7 +156,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(text)
         if input(f"apply {len(changes)} change(s)? [y/N] ").strip().lower() not in ("y", "yes"):
             return _emit(args, {"changes": changes, "applied": False}, "nothing changed")
-    fleet.apply_import(store, doc, args.force)
+    fleet.apply_import(store, doc, args.force, _host_domains(args))
     return _emit(args, {"changes": changes, "applied": True},
                  text + f"\napplied {len(changes)} change(s); running VMs pick them up at "
                         f"their next start or `virt-aa reload --all`")
@@ -134,7 +172,8 @@ def register(sub: Any) -> None:
     sp.add_argument("action", choices=("add", "list", "show", "remove"))
     sp.add_argument("name", nargs="?", metavar="NAME")
     sp.add_argument("file", nargs="?", metavar="FILE", help="add: the rules (default: stdin)")
-    sp.add_argument("--force", action="store_true", help="allow restricted paths")
+    sp.add_argument("--force", action="store_true",
+                    help="allow restricted paths and rules that reach a VM's files")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_policy)
 
@@ -148,6 +187,9 @@ def register(sub: Any) -> None:
         sp.add_argument("items", nargs="+", metavar="DOMAIN POLICY")
         sp.add_argument("--xml", metavar="FILE",
                         help="an offline domain: the XML file is updated in place")
+        if name == "attach":
+            sp.add_argument("--force", action="store_true",
+                            help="attach a policy that reaches another VM's files")
         sp.add_argument("--json", action="store_true", help="machine-readable output")
         sp.set_defaults(func=cmd_attach)
 
@@ -163,6 +205,7 @@ def register(sub: Any) -> None:
     sp.add_argument("file", metavar="FILE", help="the document (- for stdin)")
     sp.add_argument("--yes", "-y", action="store_true", help="apply without asking")
     sp.add_argument("--dry-run", action="store_true", help="only show the differences")
-    sp.add_argument("--force", action="store_true", help="allow restricted paths")
+    sp.add_argument("--force", action="store_true",
+                    help="allow restricted paths and rules that reach another VM's files")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_import)

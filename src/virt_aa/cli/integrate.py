@@ -27,6 +27,17 @@ def cmd_install(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from virt_aa.ops.status import collect, drift, render, render_drift
 
+    if args.isolation:
+        from virt_aa.host import libvirt as lv
+        from virt_aa.ops.isolation import domains_of, render_report, report
+
+        try:
+            domains = domains_of(lv.connect(args.connect))
+        except lv.LibvirtError as exc:
+            raise CliError(str(exc)) from None
+        rep = report(_store(args), domains)
+        _emit(args, rep, render_report(rep))
+        return 1 if rep["breaches"] else 0
     result = collect(_store(args), args.connect)
     if args.drift:
         found = drift(result)
@@ -106,6 +117,10 @@ def register(sub: Any) -> None:
     sp.add_argument("--drift", action="store_true",
                     help="only what differs: named policies missing or different on this "
                          "host, profiles not current (exit 1 if any)")
+    sp.add_argument("--isolation", action="store_true",
+                    help="which VM can reach which other VM's files, and through what "
+                         "(per-VM rule, policy, host-wide or generated rule); declared "
+                         "sharing shown as such (exit 1 if any VM reaches another's)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_status)
 

@@ -55,6 +55,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                "per-VM rules: none")
     for lr in local["rules"]:
         flag = "  RESTRICTED (added with --force)" if lr["restricted"] else ""
+        if lr.get("reaches"):
+            flag += f"  REACHES OTHER VMs (added with --force): {lr['reaches']}"
         why = f"  # {lr['comment']}" if lr.get("comment") else ""
         out.append(f"  [{lr['id']}] {lr['rule']}{why}  ({lr.get('by', '?')}, "
                    f"{lr.get('added', 'hand-edited')}){flag}")
@@ -90,6 +92,10 @@ def cmd_allow(args: argparse.Namespace) -> int:
              for r in added] or ["nothing new: " + str(result["status"])]
     if added:
         lines.append(str(result["status"]))
+    if result.get("isolation"):
+        from virt_aa.ops.manage import warn
+
+        warn(f"isolation {result['isolation']}")
     return _emit(args, result, "\n".join(lines))
 
 
@@ -125,6 +131,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
     result = list_rules(_store(args), vm)
     lines = [f"{r['id']}  {r['rule']}" + (f"  # {r['comment']}" if r.get("comment") else "")
              + ("  RESTRICTED" if r["restricted"] else "")
+             + (f"  REACHES OTHER VMs: {r['reaches']}" if r.get("reaches") else "")
              for r in result["rules"]]
     lines += [f"BROKEN line {p['line']}: {p['reason']}"
               for p in result["problems"]]
@@ -209,7 +216,8 @@ def register(sub: Any) -> None:
                     help="with --path: the directory and everything below it")
     sp.add_argument("--comment", help="why (stored with the rule and in the history)")
     sp.add_argument("--force", action="store_true",
-                    help="allow a rule that reaches a restricted path (/etc, /root, ...)")
+                    help="allow a rule that reaches a restricted path (/etc, /root, ...) "
+                         "or another VM's files (recorded and flagged)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_allow)
 

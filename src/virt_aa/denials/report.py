@@ -213,7 +213,14 @@ def find_known(group: Group, matches: Callable[[str, str], bool]) -> Known | Non
 FILE_PERM_LETTERS = "rwaklmx"
 
 
-def _perms_for_rule(perms: str, operation: str) -> str:
+IMAGE_SUFFIXES = (".qcow2", ".qcow", ".img", ".raw", ".iso", ".vmdk", ".vdi", ".vhd",
+                  ".vhdx", ".qed", ".fd")
+
+
+def _perms_for_rule(perms: str, operation: str, path: str = "") -> str:
+    if path.lower().endswith(IMAGE_SUFFIXES) and set(perms) <= set("rwakl"):
+        # a disk image: QEMU locks it (k) -- rwk for a writable image, rk read-only
+        return "rwk" if set(perms) & set("wa") else "rk"
     letters = "".join(c for c in FILE_PERM_LETTERS if c in perms)
     if "x" in letters:
         letters = letters.replace("x", "") + "ix"   # exec stays confined: inherit
@@ -226,7 +233,7 @@ def proposals(group: Group) -> list[dict[str, Any]]:
     """Candidate rules, narrowest first; restricted targets get none."""
     if group.is_file:
         path = group.resource
-        perms = _perms_for_rule(group.perms, group.operation)
+        perms = _perms_for_rule(group.perms, group.operation, path)
         readonly = not set(perms) & set("wal")
         if has_control(path) or not path.startswith("/"):
             return []               # no rule can name it literally: never guess

@@ -96,12 +96,14 @@ class Storage:
 
 
 class Disk:
-    __slots__ = ("device", "source", "target")
+    __slots__ = ("device", "shareable", "source", "target")
 
-    def __init__(self, target: str, device: str, source: Storage) -> None:
+    def __init__(self, target: str, device: str, source: Storage,
+                 shareable: bool = False) -> None:
         self.target = target
         self.device = device
         self.source = source
+        self.shareable = shareable  # <shareable/>: declared shared with other VMs
 
 
 class Chardev:
@@ -596,7 +598,8 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
                 raise _unparsable("disk without target dev")
             if dev.find("address") is None and not valid_disk_name(tdev):
                 raise _unparsable(f"unknown disk name '{tdev}' and no address specified")
-            disks.append(Disk(tdev, device, _storage(dev, dtype)))
+            disks.append(Disk(tdev, device, _storage(dev, dtype),
+                              dev.find("shareable") is not None))
         elif tag in ("serial", "console", "parallel", "channel"):
             chardev = _chardev(tag, dev)
             {"serial": serials, "console": consoles, "parallel": parallels,

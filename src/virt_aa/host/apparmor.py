@@ -82,6 +82,9 @@ def compile_check(profile: str, root: str) -> ParserResult:
     """Compile ``profile`` with the real parser without loading it."""
     import subprocess
 
+    from virt_aa.host.fsutil import crash_point
+
+    crash_point()
     argv = [parser_path(), "-Q", "-T", "-K"]
     etc = os.path.join(root, "etc/apparmor.d")
     if os.path.normpath(root) != "/":
@@ -113,6 +116,9 @@ def run(action: str, profile: str, root: str, prog: str) -> ParserResult:
         if action == "-R":
             return ParserResult(True, "", False, 0)
         return compile_check(profile, root)
+    from virt_aa.host.fsutil import crash_point
+
+    crash_point()
     try:
         argv = [parser_path(), action, profile]
         if os.path.normpath(root) != "/":

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import os
 
-from virt_aa.host.fsutil import read_text, write_atomic
+from virt_aa.host.fsutil import append_durable, read_text, write_atomic
 
 MODES = ("enforce", "complain")
+JOURNAL = "var/lib/virt-aa/journal"   # a change in progress (see virt_aa.host.journal)
 
 
 class StoreError(RuntimeError):
@@ -71,6 +72,10 @@ class Store:
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._lock_fd = fd
         self.clean_temp()
+        if os.path.exists(self.path(JOURNAL)):
+            from virt_aa.host.journal import recover
+
+            recover(self)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -88,7 +93,8 @@ class Store:
         """Remove temp files of writers that died (only ever called under the lock)."""
         removed = []
         for rel in ("etc/apparmor.d/libvirt", "etc/apparmor.d/local", "etc/virt-aa/domains",
-                    "var/lib/virt-aa", "var/lib/virt-aa/history"):
+                    "etc/virt-aa/policies", "var/lib/virt-aa", "var/lib/virt-aa/history",
+                    "var/lib/virt-aa/checked"):
             d = self.path(rel)
             try:
                 names = os.listdir(d)
@@ -144,15 +150,9 @@ class Store:
         import json
 
         path = self.history_path(uuid)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-            try:
-                os.write(fd, line.encode("utf-8", "surrogateescape"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_durable(path, line.encode("utf-8", "surrogateescape"))
         except OSError as exc:
             raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
 

@@ -9,9 +9,21 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from virt_aa.host.fsutil import read_text, write_atomic
+from virt_aa.generate.domain import Domain
+from virt_aa.host.fsutil import append_durable, read_text, unlink_quiet, write_atomic
+from virt_aa.host.journal import Journal
 from virt_aa.host.store import Store, StoreError
-from virt_aa.ops.manage import VM, ManageError, apply_live, compile_rules, invoking_user, now
+from virt_aa.ops.manage import (
+    VM,
+    ManageError,
+    apply_live,
+    check_whole,
+    compile_rules,
+    invoking_user,
+    now,
+    remember,
+)
+from virt_aa.policy.isolation import Reach
 from virt_aa.policy.localrules import grants_restricted, parse_file, parse_rule
 from virt_aa.policy.named import Meta, Ref, digest, render_metadata, valid_name
 
@@ -21,10 +33,34 @@ HOST_HISTORY = "var/lib/virt-aa/history/host.jsonl"
 def _record(store: Store, rec: dict[str, Any]) -> None:
     import json
 
-    path = store.path(HOST_HISTORY)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec, sort_keys=True) + "\n")
+    append_durable(store.path(HOST_HISTORY), (json.dumps(rec, sort_keys=True) + "\n").encode())
+
+
+def _domains(domains: list[Domain] | None) -> list[Domain]:
+    if domains is not None:
+        return domains
+    from virt_aa.ops.isolation import host_domains
+
+    return host_domains(None)[0]
+
+
+def _isolate_policy(text: str, dom: Domain | None, domains: list[Domain],
+                    force: bool) -> list[Reach]:
+    """A policy's rules that reach a VM's file: the attaching VM's others', or (no VM
+    yet: ``policy add``) any VM's; refused without ``force``."""
+    from virt_aa.ops.isolation import file_rules, files_of, with_vm
+    from virt_aa.policy.isolation import breaches, reaches, refusal
+
+    rules = file_rules([r.text for r in parse_file(text)[0]], "policy")
+    for r in rules:
+        if r.pattern is None and not r.deny and not force:
+            raise ManageError(f"rule {r.text()!r}: cannot tell whether it reaches a VM's "
+                              f"files ({r.error}); add --force if you mean it")
+    files = files_of(with_vm(domains, dom) if dom is not None else domains)
+    bad = breaches(reaches(rules, dom.uuid if dom is not None else "", files, "policy"))
+    if bad and not force:
+        raise ManageError(refusal(bad))
+    return bad
 
 
 def list_policies(store: Store) -> list[dict[str, Any]]:
@@ -68,26 +104,53 @@ def check_policy_text(store: Store, text: str, force: bool = False) -> None:
         raise ManageError(f"apparmor_parser refused the policy: {problem}")
 
 
-def add_policy(store: Store, name: str, text: str, force: bool = False) -> dict[str, Any]:
-    """Install or replace a policy; ``changed`` is False when the content is the same."""
+def add_policy(store: Store, name: str, text: str, force: bool = False,
+               domains: list[Domain] | None = None) -> dict[str, Any]:
+    """Install or replace a policy; ``changed`` is False when the content is the same.
+
+    A rule that reaches any VM's file is refused unless ``force`` (a policy
+    can be attached to any VM); ``domains``: the host's (None: ask libvirt).
+    """
     if not valid_name(name):
         raise ManageError(f"invalid policy name {name!r} (a-z 0-9 . _ -, at most 64)")
     if text and not text.endswith("\n"):
         text += "\n"
+    hosts = _domains(domains)
     with store:
-        old = read_text(store.policy(name), 1 << 20)
-        if old == text:
+        if read_text(store.policy(name), 1 << 20) == text:
             return {"name": name, "sha256": digest(text), "changed": False}
-        check_policy_text(store, text, force)
-        try:
-            os.makedirs(os.path.dirname(store.policy(name)), exist_ok=True)
-            write_atomic(store.policy(name), text.encode("utf-8", "surrogateescape"))
-        except OSError as exc:
-            raise StoreError(f"cannot write {store.policy(name)}: {exc.strerror}") from None
+        with Journal(store, [store.policy(name)], [store.path(HOST_HISTORY)]):
+            return _install_policy(store, name, text, force, hosts)
+
+
+def _install_policy(store: Store, name: str, text: str, force: bool,
+                    domains: list[Domain]) -> dict[str, Any]:
+    """Check and write one policy and its record (the caller holds lock and journal)."""
+    old = read_text(store.policy(name), 1 << 20)
+    if old == text:
+        return {"name": name, "sha256": digest(text), "changed": False}
+    check_policy_text(store, text, force)
+    bad = _isolate_policy(text, None, domains, force)
+    path = store.policy(name)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_atomic(path, text.encode("utf-8", "surrogateescape"))
         _record(store, {"time": now(), "user": invoking_user(),
                         "action": "policy-add" if old is None else "policy-update",
-                        "policy": name, "sha256": digest(text)})
-    return {"name": name, "sha256": digest(text), "changed": True, "previous": old}
+                        "policy": name, "sha256": digest(text),
+                        **({"force": True, "reaches": _note(bad)} if bad else {})})
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror}") from None
+    out = {"name": name, "sha256": digest(text), "changed": True, "previous": old}
+    if bad:
+        out["reaches"] = [r.as_dict() for r in bad]
+    return out
+
+
+def _note(bad: list[Reach]) -> str:
+    from virt_aa.ops.isolation import forced_note
+
+    return forced_note(bad)
 
 
 def remove_policy(store: Store, name: str) -> dict[str, Any]:
@@ -97,9 +160,10 @@ def remove_policy(store: Store, name: str) -> dict[str, Any]:
         path = store.policy(name)
         if not os.path.exists(path):
             return {"name": name, "changed": False}
-        os.unlink(path)
-        _record(store, {"time": now(), "user": invoking_user(), "action": "policy-remove",
-                        "policy": name})
+        with Journal(store, [path], [store.path(HOST_HISTORY)]):
+            unlink_quiet(path)
+            _record(store, {"time": now(), "user": invoking_user(), "action": "policy-remove",
+                            "policy": name})
     return {"name": name, "changed": True}
 
 
@@ -146,10 +210,14 @@ def set_offline(xml_path: str, element: str | None) -> None:
                  os.stat(xml_path).st_mode & 0o777)
 
 
-def attach(store: Store, vm: VM, name: str, setter: Any) -> dict[str, Any]:
+def attach(store: Store, vm: VM, name: str, setter: Any,
+           force: bool = False) -> dict[str, Any]:
     """Reference the host's policy ``name`` (by hash) from the VM's metadata, apply live.
 
-    ``setter(element_xml | None)`` stores the metadata (libvirt, or the XML file).
+    ``setter(element_xml | None)`` stores the metadata (libvirt, or the XML
+    file: then ``setter.path`` names it, and the journal covers it).  Refused
+    when the policy reaches another VM's file (unless ``force``) or when the
+    whole profile with it would not compile.
     """
     info = show_policy(store, name)
     meta = attached(vm)
@@ -157,14 +225,27 @@ def attach(store: Store, vm: VM, name: str, setter: Any) -> dict[str, Any]:
     if ref in meta.refs:
         return {"domain": vm.dom.name, "policy": name, "changed": False,
                 "status": "already attached"}
+    bad = _isolate_policy(info["text"], vm.dom, vm.host_domains(), force)
     new = with_policy(meta, ref)
-    setter(metadata_xml(new))
+    before = vm.dom.meta
     vm.dom.meta = new
+    files = [store.profile(vm.profile)] + ([setter.path] if hasattr(setter, "path") else [])
     with store:
-        status = apply_live(store, vm)
-        store.append_history(vm.uuid, {"time": now(), "user": invoking_user(),
-                                       "action": "attach", "policy": name,
-                                       "sha256": info["sha256"], "domain": vm.dom.name})
+        local = store.read_local(vm.profile) or ""
+        try:
+            key = check_whole(store, vm, local, local, [])
+        except ManageError:
+            vm.dom.meta = before
+            raise
+        with Journal(store, files, [store.history_path(vm.uuid)], store.profile(vm.profile)):
+            setter(metadata_xml(new))
+            status = apply_live(store, vm)
+            store.append_history(vm.uuid, {"time": now(), "user": invoking_user(),
+                                           "action": "attach", "policy": name,
+                                           "sha256": info["sha256"], "domain": vm.dom.name,
+                                           **({"force": True, "reaches": _note(bad)}
+                                              if bad else {})})
+            remember(store, vm.uuid, key)
     return {"domain": vm.dom.name, "policy": name, "sha256": info["sha256"],
             "changed": True, "status": status}
 
@@ -175,9 +256,11 @@ def detach(store: Store, vm: VM, name: str, setter: Any) -> dict[str, Any]:
         return {"domain": vm.dom.name, "policy": name, "changed": False,
                 "status": "not attached"}
     new = with_policy(meta, None, drop=name)
-    setter(metadata_xml(new))
     vm.dom.meta = new
-    with store:
+    files = [store.profile(vm.profile)] + ([setter.path] if hasattr(setter, "path") else [])
+    with store, Journal(store, files, [store.history_path(vm.uuid)],
+                        store.profile(vm.profile)):
+        setter(metadata_xml(new))
         status = apply_live(store, vm)
         store.append_history(vm.uuid, {"time": now(), "user": invoking_user(),
                                        "action": "detach", "policy": name,
@@ -245,30 +328,76 @@ def plan_import(store: Store, doc: dict[str, Any]) -> list[dict[str, Any]]:
     return changes
 
 
-def apply_import(store: Store, doc: dict[str, Any], force: bool = False) -> list[dict[str, Any]]:
-    """Make this host's state match ``doc`` (checked like every change); idempotent."""
-    changes = plan_import(store, doc)
-    for c in changes:
-        if c["kind"] == "policy":
-            add_policy(store, c["name"], doc["policies"][c["name"]], force)
+def apply_import(store: Store, doc: dict[str, Any], force: bool = False,
+                 domains: list[Domain] | None = None) -> list[dict[str, Any]]:
+    """Make this host's state match ``doc`` (checked like every change); idempotent.
+
+    Per-VM rules are checked like ``allow``: isolation against the host's
+    domains, and the whole profile of every domain defined here.
+    """
+    hosts = _domains(domains)
     with store:
+        changes = plan_import(store, doc)
+        files, keys = [], {}
         for c in changes:
+            if c["kind"] == "policy":
+                files.append(store.policy(c["name"]))
+            else:
+                files += [store.local(f"libvirt-{c['uuid']}"), store.settings_path(c["uuid"])]
             if c["kind"] == "rules":
-                text = doc["domains"][c["uuid"]]["rules"]
-                rules, problems = parse_file(text)
-                if problems:
-                    raise ManageError(f"rules of {c['uuid']}: line {problems[0][0]}: "
-                                      f"{problems[0][1]}")
-                problem = compile_rules(store, [r.text for r in rules]) if rules else None
-                if problem:
-                    raise ManageError(f"rules of {c['uuid']}: {problem}")
-                store.write_local(f"libvirt-{c['uuid']}", text)
-            elif c["kind"] == "mode":
-                d = doc["domains"][c["uuid"]]
-                settings = store.settings(c["uuid"])
-                store.write_settings(c["uuid"], {**settings, "name": d.get("name", ""),
-                                                 "mode": d["mode"]})
-        if changes:
+                keys[c["uuid"]] = _check_import_rules(store, c["uuid"],
+                                                      doc["domains"][c["uuid"]]["rules"],
+                                                      hosts, force)
+        if not changes:
+            return changes
+        with Journal(store, files, [store.path(HOST_HISTORY)]):  # all of it, or none
+            for c in changes:
+                if c["kind"] == "policy":
+                    _install_policy(store, c["name"], doc["policies"][c["name"]], force,
+                                    hosts)
+                elif c["kind"] == "rules":
+                    store.write_local(f"libvirt-{c['uuid']}", doc["domains"][c["uuid"]]["rules"])
+                elif c["kind"] == "mode":
+                    d = doc["domains"][c["uuid"]]
+                    settings = store.settings(c["uuid"])
+                    store.write_settings(c["uuid"], {**settings, "name": d.get("name", ""),
+                                                     "mode": d["mode"]})
             _record(store, {"time": now(), "user": invoking_user(), "action": "import",
                             "changes": len(changes), "from": doc.get("host")})
+            for uuid, key in keys.items():
+                if key:
+                    remember(store, uuid, key)
     return changes
+
+
+def _check_import_rules(store: Store, uuid: str, text: str, domains: list[Domain],
+                        force: bool) -> str:
+    """Grammar, isolation and the whole profile (the rules alone for a domain not
+    defined here); the profile's digest or ""."""
+    from virt_aa.ops.isolation import check_each, files_of, with_vm
+
+    rules, problems = parse_file(text)
+    if problems:
+        raise ManageError(f"rules of {uuid}: line {problems[0][0]}: {problems[0][1]}")
+    dom = next((d for d in domains if d.uuid == uuid), None)
+    if dom is None:
+        problem = compile_rules(store, [r.text for r in rules]) if rules else None
+        if problem:
+            raise ManageError(f"rules of {uuid}: {problem}")
+        return ""
+    from virt_aa.policy.isolation import breaches, refusal
+
+    files = files_of(with_vm(domains, dom))
+    try:
+        checked = check_each([r.text for r in rules], dom, files, "per-VM rule")
+    except ValueError as exc:
+        if force:
+            checked = {}
+        else:
+            raise ManageError(f"rules of {dom.name}: {exc}") from None
+    for found in checked.values():
+        if breaches(found) and not force:
+            raise ManageError(f"rules of {dom.name}: {refusal(found)}")
+    vm = VM(dom, None)
+    old = store.read_local(dom.profile_name) or ""
+    return check_whole(store, vm, old, text, [])

@@ -18,6 +18,7 @@ from virt_aa.generate.domain import Domain, DomainError, parse_domain
 from virt_aa.generate.profile import TemplateError
 from virt_aa.host import apparmor, vmprofile
 from virt_aa.host.fsutil import read_text, write_atomic
+from virt_aa.host.journal import Journal
 from virt_aa.host.store import MODES, Store, StoreError
 from virt_aa.policy.localrules import (
     PROVENANCE,
@@ -31,6 +32,10 @@ from virt_aa.policy.localrules import (
     rule_id,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from virt_aa.policy.isolation import Owned
+
 
 class ManageError(RuntimeError):
     """One line for the admin: what failed, what to do; nothing was changed."""
@@ -39,11 +44,21 @@ class ManageError(RuntimeError):
 class VM:
     """The domain a command acts on: identity, XML, and whether it runs."""
 
-    __slots__ = ("dom", "running")
+    __slots__ = ("dom", "peers", "peers_note", "running")
 
     def __init__(self, dom: Domain, running: bool | None) -> None:
         self.dom = dom
         self.running = running   # None: unknown (domain given offline with --xml)
+        self.peers: list[Domain] | None = None   # the host's domains (None: ask libvirt)
+        self.peers_note = ""     # why the host's domains are not known
+
+    def host_domains(self) -> list[Domain]:
+        """Every domain defined on the host, for the isolation checks (asked once)."""
+        if self.peers is None:
+            from virt_aa.ops.isolation import host_domains
+
+            self.peers, self.peers_note = host_domains(None)
+        return self.peers
 
     @property
     def uuid(self) -> str:
@@ -153,7 +168,7 @@ def _restore(path: str, old: str | None) -> None:
 
 
 def _transaction(store: Store, vm: VM, new_local: str | None, new_mode: str | None,
-                 records: list[dict[str, Any]]) -> str:
+                 records: list[dict[str, Any]], checked: str = "") -> str:
     """One change as a unit: per-VM file and/or settings, P, the kernel, the history.
 
     If any step fails, every file is put back as it was (and P re-applied),
@@ -166,6 +181,20 @@ def _transaction(store: Store, vm: VM, new_local: str | None, new_mode: str | No
                 if not os.path.isdir(d)]
     settings = store.settings(vm.uuid)
     mode = new_mode or settings.get("mode", "enforce")
+    with Journal(store, [local_path, settings_path, store.profile(vm.profile)],
+                 [store.history_path(vm.uuid)], store.profile(vm.profile)):
+        status = _apply(store, vm, new_local, new_mode, records, settings, mode,
+                        (local_path, old_local), (settings_path, old_settings_text), new_dirs)
+        if checked:   # inside the journal: a death while caching rolls back, then tidies
+            remember(store, vm.uuid, checked)
+        return status
+
+
+def _apply(store: Store, vm: VM, new_local: str | None, new_mode: str | None,
+           records: list[dict[str, Any]], settings: dict[str, str], mode: str,
+           local: tuple[str, str | None], settings_old: tuple[str, str | None],
+           new_dirs: list[str]) -> str:
+    (local_path, old_local), (settings_path, old_settings_text) = local, settings_old
     applied = False
     try:
         if new_local is not None:
@@ -200,7 +229,11 @@ def _transaction(store: Store, vm: VM, new_local: str | None, new_mode: str | No
 
 def allow(store: Store, vm: VM, rules: list[str], comment: str = "", force: bool = False,
           denial: str = "") -> dict[str, Any]:
-    """Add per-VM rules (checked, compiled, applied, recorded)."""
+    """Add per-VM rules (checked, compiled with the whole profile, applied, recorded).
+
+    A rule that reaches another VM's file is refused unless ``force``; then
+    it is stored with ``force=yes reaches="vm:path ..."`` and recorded so.
+    """
     parsed = []
     for text in rules:
         try:
@@ -211,6 +244,9 @@ def allow(store: Store, vm: VM, rules: list[str], comment: str = "", force: bool
             raise ManageError(f"rule {p.text!r} grants a restricted path (DESIGN §5: /etc, "
                               f"/root, /proc, /sys, /dev/mem ...); add --force if you mean it")
         parsed.append(p)
+    from virt_aa.ops.isolation import files_of, with_vm
+
+    files = files_of(with_vm(vm.host_domains(), vm.dom))   # before the lock: image headers
     with store:
         text = store.read_local(vm.profile) or ""
         existing, _ = parse_file(text)
@@ -229,21 +265,80 @@ def allow(store: Store, vm: VM, rules: list[str], comment: str = "", force: bool
                 fields["force"] = "yes"
             fresh.append(LocalRule(p.text, fields))
         if not fresh:
-            return {"added": [], "status": "already allowed: nothing changed"}
-        problem = compile_rules(store, [r.text for r in fresh])
-        if problem:
-            raise ManageError(f"apparmor_parser refused the rule: {problem}")
+            return {"added": [], "status": "already allowed: nothing changed" +
+                    _repair(store, vm, [r for r in existing if r.id in
+                                        {rule_id(p.text) for p in parsed}])}
+        _isolate(vm, fresh, files, force)
         if not text.strip():
             text = render_file(vm.dom.name, vm.uuid, [])
         elif not text.endswith("\n"):
             text += "\n"
-        block = render_blocks(fresh)
-        status = _transaction(store, vm, text + block, None, [{
+        new_text = text + render_blocks(fresh)
+        key = check_whole(store, vm, text, new_text, [r.text for r in fresh])
+        status = _transaction(store, vm, new_text, None, [{
             "time": r.fields["added"], "user": r.fields["by"], "action": "allow",
             "domain": vm.dom.name, "rule": r.text, "id": r.id,
             "why": r.fields.get("comment", ""), "denial": r.fields.get("denial", ""),
-            "force": bool(r.fields.get("force"))} for r in fresh])
-    return {"added": [r.as_dict() for r in fresh], "status": status}
+            "force": bool(r.fields.get("force")),
+            **({"reaches": r.fields["reaches"]} if r.fields.get("reaches") else {})}
+            for r in fresh], key)
+    out: dict[str, Any] = {"added": [r.as_dict() for r in fresh], "status": status}
+    if vm.peers_note:
+        out["isolation"] = f"not checked against other domains: {vm.peers_note}"
+    return out
+
+
+def _isolate(vm: VM, fresh: list[LocalRule], files: list[Owned], force: bool) -> None:
+    """Refuse rules that reach another VM's file; with ``force``, mark them."""
+    from virt_aa.ops.isolation import check_each, forced_note
+    from virt_aa.policy.isolation import breaches, refusal
+
+    try:
+        found = check_each([r.text for r in fresh], vm.dom, files, "per-VM rule")
+    except ValueError as exc:
+        if not force:
+            raise ManageError(f"{exc}; add --force if you mean it") from None
+        return
+    for r in fresh:
+        bad = breaches(found.get(r.text, []))
+        if bad and not force:
+            raise ManageError(refusal(bad))
+        if bad:
+            r.fields["force"] = "yes"
+            r.fields["reaches"] = forced_note(bad)
+
+
+def check_whole(store: Store, vm: VM, old_local: str, new_local: str,
+                added: list[str]) -> str:
+    """Compile the whole profile the VM will have after the change; its digest."""
+    from virt_aa.ops.profilecheck import CheckError, check_change
+
+    files, mode, _ = vmprofile.policy_files(store, vm.dom)
+    policies = [read_text(f) or "" for f in files]
+    try:
+        return check_change(store, vm.dom, old_local, new_local, added, policies,
+                            mode or store.mode(vm.uuid))
+    except (CheckError, OSError) as exc:
+        raise ManageError(f"{exc}; nothing was stored") from None
+
+
+def remember(store: Store, uuid: str, key: str) -> None:
+    from virt_aa.ops.profilecheck import remember as keep
+
+    keep(store, uuid, key)
+
+
+def _repair(store: Store, vm: VM, present: list[LocalRule]) -> str:
+    """After a crash between the steps of an earlier change: finish what it left.
+
+    The journal has already rolled back a change that was not complete, so
+    this only re-applies P when it is stale (hand edits, upgrades).
+    """
+    path = store.profile(vm.profile)
+    on_disk = read_text(path)
+    if on_disk is None or on_disk == vmprofile.expected(store, vm.dom):
+        return ""
+    return "; " + apply_live(store, vm)
 
 
 def revoke(store: Store, vm: VM, key: str) -> dict[str, Any]:
@@ -284,6 +379,11 @@ def set_mode(store: Store, vm: VM, mode: str, why: str = "") -> dict[str, Any]:
         raise ManageError(f"mode must be one of {', '.join(MODES)}")
     with store:
         before = store.mode(vm.uuid)
+        settings = store.settings(vm.uuid)
+        if settings.get("mode") == mode and settings.get("name") == vm.dom.name:
+            return {"mode": mode, "previous": before,
+                    "status": f"already in {mode} mode: nothing changed" +
+                    _repair(store, vm, [])}
         status = _transaction(store, vm, None, mode, [{
             "time": now(), "user": invoking_user(), "action": mode, "domain": vm.dom.name,
             "from": before, "why": _clean(why)}])

@@ -43,12 +43,13 @@ def collect(store: Store, uri: str | None) -> dict[str, Any]:
         row: dict[str, Any] = {
             "name": d.name(), "uuid": uuid, "state": state, "profile": profile,
             "loaded": None if loaded is None else profile in loaded,
-            "mode": store.mode(uuid), "vm_rules": 0, "broken_rules": 0,
+            "mode": store.mode(uuid), "vm_rules": 0, "broken_rules": 0, "forced_reach": 0,
             "profile_on_disk": False, "current": None}
         text = store.read_local(profile)
         if text:
             rules, problems = parse_file(text)
             row["vm_rules"], row["broken_rules"] = len(rules), len(problems)
+            row["forced_reach"] = sum(1 for r in rules if r.fields.get("reaches"))
         on_disk = read_text(store.profile(profile))
         row["profile_on_disk"] = on_disk is not None
         try:
@@ -124,7 +125,8 @@ def render(result: dict[str, Any]) -> str:
         loaded = "n/a" if r["loaded"] is None else ("yes" if r["loaded"] else "no")
         current = "-" if r["current"] is None else ("yes" if r["current"] else "NO")
         rules = str(r["vm_rules"]) + (f" ({r['broken_rules']} BROKEN)" if r["broken_rules"]
-                                      else "")
+                                      else "") + (
+            f" ({r['forced_reach']} REACH OTHER VMs)" if r.get("forced_reach") else "")
         table.append((r["name"], r["state"], "on disk" if r["profile_on_disk"] else "none",
                       loaded, r["mode"], rules, current))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]

@@ -112,6 +112,9 @@ def find_vm(module: Any, va: VirtAA, write: bool = False) -> tuple[Any, Any]:
     conn = lv.connect(p.get("uri"), readonly=not write)
     dom = lv.lookup(conn, p["domain"])
     vm = va.manage.vm_from_xml(lv.domain_xml(dom), lv.is_running(dom), f"domain {p['domain']}")
+    from virt_aa.ops.isolation import domains_of
+
+    vm.peers = domains_of(conn)   # isolation checked against every domain of this host
 
     def live(element: str | None) -> None:
         lv.set_metadata(dom, element)
