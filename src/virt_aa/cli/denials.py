@@ -35,8 +35,11 @@ def _denial_scan(args: argparse.Namespace) -> tuple[Any, str | None, VM | None,
     from virt_aa.denials.sources import SourceError
 
     uuid, vm = _log_domain(args)
+    name = vm.dom.name if vm is not None else None
+    if uuid is not None and name is None:
+        name = _store(args).settings(uuid).get("name")
     try:
-        found = dc.scan(args, uuid)
+        found = dc.scan(args, uuid, name)
     except SourceError as exc:
         raise CliError(str(exc)) from None
     from virt_aa.denials.report import uuid_of
@@ -66,15 +69,15 @@ def cmd_denials(args: argparse.Namespace) -> int:
 def _denials(args: argparse.Namespace) -> int:
     from virt_aa.denials import commands as dc
 
-    if getattr(args, "json", False) and not sys.stdout.isatty() and dc.big_file(args):
+    if (getattr(args, "json", False) and not sys.stdout.isatty() and dc.big_file(args)
+            and not getattr(args, "domain", None) and not getattr(args, "xml", None)):
         # a big file to a pipe or file: both cores to the last byte (denials/pair.py)
         from virt_aa.denials.pair import denials_json
 
-        uuid, vm = _log_domain(args)
         progress = dc.Progress(os.path.getsize(args.file), "scanning")
         try:
-            if denials_json(args.file, uuid, sys.stdout,
-                            lambda uuids: _vm_names(args, uuids, vm),
+            if denials_json(args.file, None, sys.stdout,
+                            lambda uuids: _vm_names(args, uuids, None),
                             lambda found, profiles: dc.honesty(found, _store(args), profiles),
                             progress.update):
                 return 0
@@ -89,24 +92,48 @@ def _denials(args: argparse.Namespace) -> int:
         out = sys.stdout
         out.write(head + ', "groups": [')
         dc.write_json_rows(found, names, out)
-        out.write('], "warnings": ' + json.dumps(warnings, ensure_ascii=True) + "}\n")
+        out.write('], ' + json.dumps(found.accounting())[1:-1] + ', "warnings": '
+                  + json.dumps(warnings, ensure_ascii=True) + "}\n")
         return 0
     if getattr(args, "json", False):
         result = {"source": found.kind, "records": found.records, "groups": list(rows),
-                  "warnings": warnings}
+                  **found.accounting(), "warnings": warnings}
         return _emit(args, result, "")
-    lines = []
-    current = None
+    return _emit(args, {}, "\n".join(_denials_text(found, rows, warnings)))
+
+
+def _denials_text(found: Any, rows: Any, warnings: list[str]) -> list[str]:
+    """The groups under one heading per program of the stack, then how every record is
+    accounted for."""
+    from virt_aa.denials.programs import HEADING, ORDER
+
+    per: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if r["vm"] != current:
-            current = r["vm"]
-            lines.append(f"{current} ({r['profile'].split('//')[0]})")
-        child = f" [{r['child']}]" if r["child"] else ""
-        lines.append(f"  {r['count']:>7}  {r['mode']:<7} {r['operation']:<12} "
-                     f"{r['perms'] or '-':<5} {r['resource']}{child}  "
-                     f"({r['first_seen'] or '?'} .. {r['last_seen'] or '?'})")
+        per.setdefault(r["program"], []).append(r)
+    lines = []
+    shown = 0
+    for program in sorted(per, key=ORDER.__getitem__):
+        got = per[program]
+        n = sum(r["count"] for r in got)
+        shown += n
+        lines.append(f"== {HEADING[program]}: {n} record(s)")
+        current = None
+        for r in got:
+            if r["vm"] != current:
+                current = r["vm"]
+                lines.append(f"{current} ({r['profile'].split('//')[0]})")
+            child = f" [{r['child']}]" if r["child"] else ""
+            guess = " (year guessed)" if r["flags"].get("year_guessed") else ""
+            lines.append(f"  {r['count']:>7}  {r['mode']:<7} {r['operation']:<12} "
+                         f"{r['perms'] or '-':<5} {r['resource']}{child}  "
+                         f"({r['first_seen'] or '?'} .. {r['last_seen'] or '?'}{guess})")
+    acc = found.accounting()
+    lines.append(f"{found.records} AppArmor record(s): {shown} in the groups above, "
+                 f"{acc['not_denials']} that deny nothing (STATUS, AUDIT ...), "
+                 f"{acc['excluded']} of other VMs/profiles or outside the time window, "
+                 f"{acc['twins']} journald twin(s) counted once")
     lines += [f"warning: {w}" for w in warnings]
-    return _emit(args, {}, "\n".join(lines) or "no AppArmor denials of libvirt guests")
+    return lines
 
 
 def _generated(vm: VM) -> list[Any]:

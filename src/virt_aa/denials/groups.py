@@ -53,9 +53,9 @@ class ScanResult:
     `Group` objects (made on first use: a caller with 100k groups may not need
     them)."""
 
-    __slots__ = ("_groups", "bytes", "elapsed", "filtered", "lines", "long_lines", "method",
-                 "non_apparmor_lines", "notices", "overflow", "raw", "records", "split",
-                 "truncated", "workers")
+    __slots__ = ("_groups", "bytes", "elapsed", "filtered", "guessed", "lines", "long_lines",
+                 "method", "non_apparmor_lines", "notices", "overflow", "raw", "records",
+                 "split", "truncated", "twins", "workers")
 
     def __init__(self) -> None:
         self.raw: dict[GroupKey, list[Any]] = {}
@@ -68,6 +68,8 @@ class ScanResult:
         self.notices: dict[str, int] = {}
         self.filtered = 0               # records of profiles `keep` turned down
         self.overflow = 0               # records folded because of the group cap
+        self.twins = 0                  # journald's second copies of an event (not grouped)
+        self.guessed = 0                # records whose time has a guessed year
         self.long_lines = 0
         self.bytes = 0
         self.workers = 0
@@ -111,6 +113,8 @@ class _Acc:
         self.notices: Counter[str] = Counter()
         self.filtered = 0
         self.overflow = 0
+        self.twins = 0
+        self.guessed = 0
         self.long_lines = 0
         self.nbytes = 0
 
@@ -124,6 +128,8 @@ class _Acc:
                 self.split += n
             if "truncated" in fl:
                 self.truncated += n
+            if "year_guessed" in fl:
+                self.guessed += n
         if self.keep is not None and not self.keep(rec.profile or rec.label):
             self.filtered += n
             return
@@ -168,7 +174,8 @@ class _Acc:
         return {"groups": self.groups, "records": self.records, "lines": self.lines,
                 "split": self.split, "truncated": self.truncated,
                 "notices": dict(self.notices), "filtered": self.filtered,
-                "overflow": self.overflow, "long_lines": self.long_lines, "bytes": self.nbytes}
+                "overflow": self.overflow, "twins": self.twins, "guessed": self.guessed,
+                "long_lines": self.long_lines, "bytes": self.nbytes}
 
     def put_many(self, items: list[tuple[Any, list[Any]]]) -> None:
         """`put` for each (key, [count, first, last]) of another worker (the lists are
@@ -192,7 +199,8 @@ class _Acc:
             _widen(g, v[0], v[1], v[2])
 
     def merge(self, st: dict[str, Any]) -> None:
-        for k in ("records", "lines", "split", "truncated", "filtered", "overflow", "long_lines"):
+        for k in ("records", "lines", "split", "truncated", "filtered", "overflow", "twins",
+                  "guessed", "long_lines"):
             setattr(self, k, getattr(self, k) + st[k])
         self.nbytes += st["bytes"]
         self.notices.update(st["notices"])

@@ -206,7 +206,7 @@ def _lead(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any, u
     acc.merge(st)                       # the worker's counters (its groups come below)
     counts: Counter[str | None] = Counter(k[0] for k in acc.groups)
     counts.update(theirs)
-    kept = [p for p in counts if p is not None and keep(p)]
+    kept = [p for p in counts if p is not None and (keep is None or keep(p))]
     names = names_for({u for u in map(uuid_of, kept) if u})
     vm_of = {p: names.get(uuid_of(p) or "", p.split("//", 1)[0]) for p in kept}
     per_vm: Counter[str] = Counter()
@@ -234,6 +234,9 @@ def _lead(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any, u
     found.records = acc.records
     found.notices = {k: acc.notices[k] for k in NOTICE_KINDS if acc.notices.get(k)}
     found.overflow = acc.overflow
+    found.not_denials = acc.filtered    # the fold drops only records that deny nothing
+    found.twins = acc.twins
+    found.guessed = acc.guessed
     found.table = acc.groups
     parts, info = _by_vm(found, names)
     pieces = list(json_renderer(info)(parts))
@@ -245,4 +248,5 @@ def _lead(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any, u
         sep = ", "
     shown = their_profiles | {k[0] for k in acc.groups}
     warnings = warnings_for(found, {p.split("//")[0] for p in shown})
-    out.write('], "warnings": ' + json.dumps(warnings, ensure_ascii=True) + "}\n")
+    out.write('], ' + json.dumps(found.accounting())[1:-1] + ', "warnings": '
+              + json.dumps(warnings, ensure_ascii=True) + "}\n")

@@ -15,6 +15,7 @@ from virt_aa.generate.domain import Domain
 from virt_aa.generate.paths import escape, has_control, normalize, restricted
 
 from .catalogue import KNOWN, Known
+from .programs import program_of
 
 FILE_OPS = frozenset({
     "open", "file_mmap", "mknod", "link", "rename_src", "rename_dest", "truncate", "chmod",
@@ -42,12 +43,13 @@ class Group:
     """Records that are the same denial: same VM, operation, resource, permission, mode."""
 
     __slots__ = ("child", "count", "event", "first", "flags", "last", "mode", "operation",
-                 "perms", "profile", "resource", "uuid")
+                 "perms", "profile", "program", "resource", "uuid")
 
     def __init__(self, profile: str, mode: str, operation: str, resource: str,
                  perms: str) -> None:
         self.profile = profile
         self.uuid = uuid_of(profile)
+        self.program = program_of(profile)
         self.child = profile.split("//", 1)[1] if "//" in profile else None
         self.mode = mode
         self.operation = operation
@@ -88,7 +90,8 @@ class Group:
 
     def to_dict(self, names: dict[str, str]) -> dict[str, Any]:
         vm = names.get(self.uuid or "", self.profile.split("//", 1)[0])
-        return {"vm": vm, "profile": self.profile, "uuid": self.uuid, "child": self.child,
+        return {"vm": vm, "program": self.program, "profile": self.profile, "uuid": self.uuid,
+                "child": self.child,
                 "operation": self.operation, "mode": self.mode, "resource": self.resource,
                 "perms": self.perms, "count": int(self.count),
                 "first_seen": _iso(self.first), "last_seen": _iso(self.last),
@@ -101,17 +104,14 @@ def _iso(t: float | None) -> str | None:
 
 def group_records(records: Iterable[Any], want: Callable[[Any], bool] | None = None
                   ) -> dict[tuple[str, str, str, str, str], Group]:
-    """Group DENIED/ALLOWED records of libvirt guests (and their child profiles)."""
+    """Group DENIED/ALLOWED records of every profile (no profile: "?")."""
     groups: dict[tuple[str, str, str, str, str], Group] = {}
     for rec in records:
         if rec.mode not in ("DENIED", "ALLOWED"):
             continue
-        profile = rec.profile or rec.label
-        if uuid_of(profile) is None:
-            continue
         if want is not None and not want(rec):
             continue
-        assert profile is not None
+        profile = rec.profile or rec.label or "?"
         mode = "denied" if rec.mode == "DENIED" else "allowed"
         perms = rec.denied or rec.requested or ""
         key = (profile, mode, rec.operation or "?", rec.resource or "?", perms)

@@ -58,7 +58,8 @@ from virt_aa.denials.auditscan import (  # noqa: F401  (the tests reach them her
     _stamp_time,
 )
 from virt_aa.denials.groups import Fold, Group, GroupKey, Keep, ScanResult, _Acc
-from virt_aa.denials.parse import NOTICE_KINDS, Glue, notices
+from virt_aa.denials.parse import NOTICE_KINDS, Glue, Record, notices
+from virt_aa.denials.twins import Twins
 
 __all__ = ["Group", "GroupKey", "ScanResult", "group_file", "group_lines"]
 
@@ -70,6 +71,7 @@ RAW_FLUSH = 150_000         # distinct raw keys kept by an auditd worker before 
 RAW_BYTES = 32 << 20        # ... and bytes held in them
 RAW_BATCH = 20_000          # raw keys decoded at a time
 RAW_FLUSH_PY = 100_000      # the pure-Python path's RAW_FLUSH (its keys cost more memory)
+WARM = 1024                 # lines before a range its twin check is warmed with
 
 
 def limits() -> Limits:
@@ -80,17 +82,16 @@ def limits() -> Limits:
 # ---------------------------------------------------------------- line path
 
 
-def _lines_chunk(c: bytes, glue: Glue, acc: _Acc) -> None:
+def _lines_chunk(c: bytes, glue: Glue, acc: _Acc, twins: Twins) -> None:
     text = c.decode("utf-8", "surrogateescape")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     acc.lines += len(lines)
     feed = glue.feed
-    add = acc.add
     for line in lines:
         for rec in feed(line):
-            add(rec)
+            _add(acc, twins, rec)
         if ("lost" in line or "ppressed" in line or "exceeded" in line or "Missed" in line
                 or "queue-full" in line) and "apparmor=" not in line:
             kind = notices(line)
@@ -98,20 +99,30 @@ def _lines_chunk(c: bytes, glue: Glue, acc: _Acc) -> None:
                 acc.notices[kind] += 1
 
 
+def _add(acc: _Acc, twins: Twins, rec: Record) -> None:
+    """`acc.add`, but a journald twin is only counted (in `records` and `twins`)."""
+    if twins.twin(rec):
+        acc.records += 1
+        acc.twins += 1
+    else:
+        acc.add(rec)
+
+
 def group_lines(lines: Any, keep: Keep | None = None,
                 max_groups: int = MAX_GROUPS) -> ScanResult:
     """Group the records of an iterable of text lines (small inputs, tests)."""
     acc = _Acc(keep, max_groups, room=MAX_GROUP_BYTES)
     glue = Glue()
+    twins = Twins()
     for line in lines:
         acc.lines += 1
         for rec in glue.feed(line):
-            acc.add(rec)
+            _add(acc, twins, rec)
         kind = notices(line)
         if kind is not None:
             acc.notices[kind] += 1
     for rec in glue.flush():
-        acc.add(rec)
+        _add(acc, twins, rec)
     res = ScanResult()
     _fill(res, acc)
     res.method = "lines"
@@ -154,6 +165,19 @@ def _ranges(fd: int, size: int, parts: int) -> list[tuple[int, int]]:
     return [(cuts[i], cuts[i + 1]) for i in range(len(cuts) - 1)]
 
 
+def _warm(fd: int, start: int, twins: Twins) -> None:
+    """Feed `twins` the records just before `start`, as the range before saw them: a
+    record here is a twin of one there exactly when it would be in one scan."""
+    from virt_aa.denials.parse import parse_line
+
+    back = os.pread(fd, min(start, 4 << 20), max(0, start - (4 << 20)))
+    lines = back.split(b"\n")[1:-1] if start > 4 << 20 else back.split(b"\n")[:-1]
+    for line in lines[-WARM:]:
+        rec = parse_line(line.decode("utf-8", "surrogateescape"))
+        if rec is not None:
+            twins.twin(rec)
+
+
 def _scan_range(path: str, start: int, end: int, auditd: bool, acc: _Acc,
                 report: Callable[[int], None] | None, fast: bool | None = None) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -164,6 +188,9 @@ def _scan_range(path: str, start: int, end: int, auditd: bool, acc: _Acc,
             aud.flush()
             return
         glue = None if auditd else Glue()
+        twins = Twins()
+        if not auditd and start > 0:
+            _warm(fd, start, twins)
         pos = start
         while pos < end:
             b = os.pread(fd, min(CHUNK, end - pos), pos)
@@ -182,7 +209,7 @@ def _scan_range(path: str, start: int, end: int, auditd: bool, acc: _Acc,
             if aud is not None:
                 aud.chunk(c)
             elif glue is not None:
-                _lines_chunk(c, glue, acc)
+                _lines_chunk(c, glue, acc, twins)
             pos += cut
             acc.nbytes += cut
             if report is not None:
@@ -191,7 +218,7 @@ def _scan_range(path: str, start: int, end: int, auditd: bool, acc: _Acc,
             aud.flush()
         if glue is not None:
             for rec in glue.flush():
-                acc.add(rec)
+                _add(acc, twins, rec)
     finally:
         os.close(fd)
 
@@ -268,6 +295,8 @@ def _fill(res: ScanResult, acc: _Acc) -> None:
     res.notices = {k: acc.notices[k] for k in NOTICE_KINDS if acc.notices.get(k)}
     res.filtered = acc.filtered
     res.overflow = acc.overflow
+    res.twins = acc.twins
+    res.guessed = acc.guessed
     res.long_lines = acc.long_lines
     res.bytes = acc.nbytes
 
