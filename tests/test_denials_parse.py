@@ -30,7 +30,7 @@ from virt_aa.denials.parse import iter_records, notices, parse_line
 from virt_aa.denials.scan import group_file, group_lines
 
 GEN = SHARED / "tools" / "gen-denials"
-SAMPLES = SHARED / "corpus" / "denials" / "real-samples.txt"
+SAMPLES = Path(__file__).parent / "data" / "real-samples.txt"   # each block with its source
 FORMATS = ["audit", "kern", "syslog", "dmesg", "dmesg-T", "journal-short", "journal-json"]
 LINES = 20000
 SEED = 11

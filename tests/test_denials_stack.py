@@ -64,6 +64,7 @@ def test_program_names() -> None:
     assert serves(f"/var/lib/libvirt/swtpm/{VM}/tpm2/.lock", VM, None)
     assert serves("/var/log/swtpm/libvirt/qemu/web1-swtpm.log", VM, "web1")
     assert serves("/run/libvirt/qemu/passt/3-web1-net0.pid", VM, "web1")
+    assert serves("/run/libvirt/qemu/passt/1-node1-net0.socket", VM, "node1")   # bink#118
     assert not serves("/run/libvirt/qemu/passt/3-web10-net0.pid", VM, "web1")
     assert not serves(f"/var/lib/libvirt/swtpm/{OTHER_VM}/tpm2/.lock", VM, "web1")
 
@@ -71,13 +72,13 @@ def test_program_names() -> None:
 def test_every_record_of_every_profile_is_accounted_for_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     doc = run(tmp_path, monkeypatch, STACK)
-    assert doc["records"] == 9
+    assert doc["records"] == 12
     assert accounted(doc) == doc["records"]
-    assert doc["twins"] == 1 and doc["not_denials"] == 1 and doc["excluded"] == 0
+    assert doc["twins"] == 1 and doc["not_denials"] == 2 and doc["excluded"] == 0
     by: dict[str, int] = {}
     for g in doc["groups"]:
         by[g["program"]] = by.get(g["program"], 0) + g["count"]
-    assert by == {"vm": 1, "daemon": 2, "swtpm": 3, "other": 1}
+    assert by == {"vm": 1, "daemon": 2, "swtpm": 3, "passt": 2, "other": 1}
     # a syslog time without a year: flagged, in the row and in the totals
     guessed = [g for g in doc["groups"] if g["flags"].get("year_guessed")]
     assert {g["profile"] for g in guessed} == {"libvirtd", "snap.multipass.multipassd"}
@@ -93,9 +94,9 @@ def test_text_shows_every_program_and_the_accounting(tmp_path: Path,
     assert cli.main(["--root", str(root), "denials", "--file", str(STACK)]) == 0
     text = capsys.readouterr().out
     for heading in ("== VMs", "== libvirtd / virtqemud: 2", "== swtpm (emulated TPM): 3",
-                    "== other profiles: 1"):
+                    "== passt (user-mode networking): 2", "== other profiles: 1"):
         assert heading in text
-    assert ("9 AppArmor record(s): 7 in the groups above, 1 that deny nothing (STATUS, "
+    assert ("12 AppArmor record(s): 9 in the groups above, 2 that deny nothing (STATUS, "
             "AUDIT ...), 0 of other VMs/profiles or outside the time window, 1 journald "
             "twin(s) counted once") in text
     assert "(year guessed)" in text
@@ -124,8 +125,8 @@ def test_domain_view_has_the_vm_and_the_helpers_serving_it(
         got = sorted((g["program"], g["resource"]) for g in doc["groups"])
         assert got == [("swtpm", f"/var/lib/libvirt/swtpm/{VM}/tpm2/.lock"),
                        ("vm", f"/var/lib/libvirt/swtpm/{VM}/tpm2/")], big
-        assert doc["records"] == 11 and accounted(doc) == 11
-        assert doc["excluded"] == 7
+        assert doc["records"] == 14 and accounted(doc) == 14
+        assert doc["excluded"] == 9
 
 
 @pytest.mark.parametrize("kind", ["syslog", "auditd"])
