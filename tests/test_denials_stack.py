@@ -149,3 +149,30 @@ def test_big_file_and_line_paths_agree_on_the_stack(
         g["flags"] = {}
     assert big == small
     assert accounted(big) == big["records"] > 0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_big_file_and_line_paths_agree_on_fuzzed_and_hostile_logs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Through the CLI: the same document whatever the file's size, on fuzzed auditd text
+    (cut records, junk bytes, forged second records, NULs, a huge line) and on the same
+    text as a syslog'd kernel log (glued records, journald twins)."""
+    import random
+
+    from test_denials_fast import fuzz_text
+
+    rng = random.Random(seed)
+    text = b"type=AVC msg=audit(1.0:1): x\n" + fuzz_text(rng, 2000)
+    logs = {"auditd": text, "syslog": text.replace(
+        b"type=AVC msg=audit(", b"Nov 25 10:00:00 h kernel: audit: type=1400 audit(")}
+    for kind, data in logs.items():
+        log = tmp_path / f"{kind}.log"
+        log.write_bytes(data)
+        small = run(tmp_path, monkeypatch, log)
+        big = run(tmp_path, monkeypatch, log, big=True)
+        for g in small["groups"]:
+            g["event"] = None
+            g["flags"] = {}
+        assert len(big["groups"]) == len(small["groups"]) > 100, kind
+        assert big == small, kind
+        assert accounted(big) == big["records"], kind

@@ -74,11 +74,16 @@ def _finds(c: bytes, needle: bytes) -> Iterator[int]:
 
 
 def _stamp_time(win: bytes) -> float | None:
-    """Epoch of the audit(EPOCH:SERIAL) stamp at the end of `win`."""
-    try:
-        return float(win.rpartition(b"audit(")[2].partition(b":")[0])
-    except ValueError:
-        return None
+    """Epoch of the audit(EPOCH:SERIAL) stamp at the end of `win` (None unless it is the
+    parser's SECONDS[.FRAC]:SERIAL): ``float`` alone would take "1_0.5" or "17e8")."""
+    m = _STAMP_RE.fullmatch(win.rpartition(b"audit(")[2])
+    return float(m.group(1)) if m is not None else None
+
+
+# the parser's auditd header, at most HDR bytes (the C counter's `header`)
+_HDR_RE = re.compile(rb"(?=.{0,256}\Z)(?:node=[^ \t-\r\x1c-\x1f]+ )?type=(?:[0-9]+|[A-Z_]+) "
+                     rb"msg=audit\([0-9]+(?:\.[0-9]+)?:[0-9]+\): ", re.S)
+_STAMP_RE = re.compile(rb"([0-9]+(?:\.[0-9]+)?)(?::[0-9]+\): )?")   # dbus: seconds alone
 
 
 class _Audit:
@@ -162,13 +167,22 @@ class _Audit:
             if any(has):
                 keys = [_PARENT_RE.sub(rb"\1", k, 1) if h else k
                         for k, h in zip(keys, has, strict=True)]
+        # only a line's first apparmor=" starts a record (a later one is text in it)
+        lead = [True, *map(bytes.__contains__, pieces[1:-1], repeat(b"\n"))]
+        if not all(lead):
+            ok = list(map(min, ok, lead))
+        # ... and only after exactly the parser's auditd header (else the parser decides)
+        hdr = [bool(h) for h in map(_HDR_RE.fullmatch, map(_G2, map(
+            bytes.rpartition, pieces[:-1], repeat(b"\n"))))]
+        if not all(hdr):
+            ok = list(map(min, ok, hdr))
         if not all(ok) or not all(ok2):
             okk = list(map(min, ok, ok2))
             keys = list(compress(keys, okk))
             wins = list(compress(wins, okk))
             offs = list(accumulate(map(len, pieces)))
-            self._fallback(c, [offs[i] + i * _NSEP
-                               for i in compress(range(n), map((1).__sub__, okk))], len(c))
+            self._fallback(c, [offs[i] + i * _NSEP for i in compress(range(n), map(
+                (1).__sub__, okk)) if lead[i]], len(c))
         cnt = self.cnt
         before = len(cnt)
         cnt.update(keys)
@@ -204,11 +218,11 @@ class _Audit:
             o = off - ls
             pre = line[:o]
             if (pre.endswith(b"msg='") and b"type=USER_AVC msg=audit(" in pre
-                    and line.find(_SEP, o + _NSEP) < 0):
+                    and line.find(_SEP, o + _NSEP) < 0 and b"\x1d" not in pre):
                 # the stamp's text, if it is short (a longer one: the parser decides)
                 st = pre.rpartition(b"audit(")[2].partition(b":")[0]
-                if len(st) <= _WINLEN:
-                    head, sep, tail = line[o + _NSEP:].partition(b" pid=")
+                head, sep, tail = line[o + _NSEP:].partition(b" pid=")
+                if len(st) <= _WINLEN and sep:          # (cut before its pid: parsed)
                     a, sep2, b = tail.lstrip(_DIGITS).partition(b" peer_pid=")
                     key = head + sep + b"\0" + a + sep2 + b"\0" + b.lstrip(_DIGITS)
                     dcnt[key] += 1
@@ -292,6 +306,8 @@ class _Audit:
         joined by NUL) shares, if the name is what it is about (else empty): the group key
         around the name (head, tail: head + (name,) + tail, or head alone when `fold`
         drops the name), cut, kept, and the same for the unfolded key."""
+        if b"\x1d" in tk:               # ENRICHED's separator inside the record: parsed
+            return ()
         pre, _, rest = tk.partition(b"\0")
         f, popen = self._cached(pre, self.pre_cache, 'apparmor="')
         mode = f.get("apparmor", "")
@@ -386,14 +402,14 @@ class _Audit:
         else:
             ropen = False
         mode = f.get("apparmor", "")
-        if hopen or (mode not in _MODES and not _MODE_RE.fullmatch(mode)):
+        if hopen or (mode not in _MODES and not _MODE_RE.fullmatch(mode)) or b"\x1d" in key:
             # not the usual shape: let the full parser decide
             text = 'type=AVC msg=audit(0.000:0): apparmor="{} pid=0 comm="?" {}{}'.format(
                 head.decode("utf-8", "surrogateescape"),
                 rest.decode("utf-8", "surrogateescape"), " fsuid=0 ouid=0" if marker else "")
             rec = parse_line(text)
             if rec is not None:
-                acc.add(rec, n, first, last)
+                acc.add(rec, n, first, last, stamped=True)
             return
         # what acc.add(Record(...)) would do, without the Record
         acc.records += n
@@ -430,7 +446,7 @@ class _Audit:
                 tail.decode("utf-8", "surrogateescape")))
             rec = parse_line(text)
             if rec is not None:
-                acc.add(rec, n, first, last)
+                acc.add(rec, n, first, last, stamped=True)
         self.cnt = Counter()
         self.first = {}
         self.last = {}

@@ -171,11 +171,40 @@ def scan(args: Any, uuid: str | None = None, name: str | None = None) -> Scan:
             else:
                 yield rec
 
+    records = (_per_line(lines()) if kind == "file" and _auditd_file(args.file)
+               else iter_records(lines()))
     try:
-        result.groups = group_records(counted(iter_records(lines())))
+        result.groups = group_records(counted(records))
     finally:
         progress.close()
     return result
+
+
+def _auditd_file(path: str | None) -> bool:
+    """An auditd log (as the big-file scanner decides it: its first 64 KiB)."""
+    from .scan import _is_auditd
+
+    if not path or path == "-" or path.endswith(".gz"):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return _is_auditd(f.read(65536))
+    except OSError:
+        return False
+
+
+def _per_line(lines: Iterable[str]) -> Iterator[Any]:
+    """auditd writes each record on one line: no gluing of cut lines (as the big-file
+    scanner reads it)."""
+    from .parse import parse_line
+
+    for n, line in enumerate(lines, 1):
+        if 'apparmor="' not in line:   # (the scanner looks for exactly this)
+            continue
+        rec = parse_line(line.rstrip("\n"))
+        if rec is not None:
+            rec.lineno = n
+            yield rec
 
 
 BIG = 64 << 20
@@ -323,8 +352,8 @@ def honesty(scan_: Scan, store: Store, profiles: Iterable[str]) -> list[str]:
     for note, n in sorted(scan_.notices.items()):
         out.append(f"{labels.get(note, note)}: {n} notice(s) in this window; counts are "
                    f"lower bounds")
-    for profile in sorted(set(profiles)):
-        quiet = _quiet_denies(store, profile)
+    for profile in sorted(p for p in set(profiles) if uuid_of(p) is not None):
+        quiet = _quiet_denies(store, profile)   # (a VM's: other names are log text)
         if quiet:
             out.append(f"{profile}: {quiet} deny rule(s) in its profile refuse accesses "
                        f"without logging them (e.g. writes to read-only images)")

@@ -119,8 +119,9 @@ class _Acc:
         self.nbytes = 0
 
     def add(self, rec: Record, n: int = 1, first: float | None = None,
-            last: float | None = None) -> None:
-        """Count `n` records like `rec` (first/last default to rec.time)."""
+            last: float | None = None, stamped: bool = False) -> None:
+        """Count `n` records like `rec` (first/last default to rec.time, unless `stamped`:
+        they are the stamps seen, None when there were none)."""
         self.records += n
         fl = rec.flags
         if fl:
@@ -133,7 +134,7 @@ class _Acc:
         if self.keep is not None and not self.keep(rec.profile or rec.label):
             self.filtered += n
             return
-        if first is None:
+        if first is None and not stamped:
             first = last = rec.time
         key = group_key(rec)
         self.put(key, n, first, last)
