@@ -176,3 +176,15 @@ def test_big_file_and_line_paths_agree_on_fuzzed_and_hostile_logs(
         assert len(big["groups"]) == len(small["groups"]) > 100, kind
         assert big == small, kind
         assert accounted(big) == big["records"], kind
+
+
+def test_explain_names_a_failure_that_is_not_apparmor(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    assert cli.main(["--root", str(root), "explain", "--file", str(STACK), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    [other] = doc["not_apparmor"]
+    assert other["count"] == 1 and "hugepages" in other["fix"]
+    assert other["source"].startswith("https://")

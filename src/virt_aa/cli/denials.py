@@ -252,7 +252,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
             lines.append(f"    risk:  {why['risk']}")
         lines.append(f"    next:  {adv['text']}")
         lines += [f"    run:   {c}" for c in adv["commands"]]
-    return _emit(args, {"groups": out}, "\n".join(lines) or "no denials to explain")
+    from virt_aa.denials.catalogue import NOT_APPARMOR
+
+    other = [{"line": NOT_APPARMOR[i][0], "count": n, "what": NOT_APPARMOR[i][1],
+              "fix": NOT_APPARMOR[i][2], "source": NOT_APPARMOR[i][3]}
+             for i, n in sorted(found.not_apparmor.items())]
+    for o in other:
+        lines.append(f"not AppArmor ({o['count']}x): {o['line']}")
+        lines.append(f"    known: {o['what']}  [{o['source']}]")
+        lines.append(f"    next:  {o['fix']}")
+    return _emit(args, {"groups": out, "not_apparmor": other},
+                 "\n".join(lines) or "no denials to explain")
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 from virt_aa.host.store import Store
 
 from . import sources
+from .catalogue import NOT_APPARMOR
 from .programs import SERVING, program_of, serves
 from .report import Group, group_records, proposals, uuid_of
 
@@ -69,6 +70,8 @@ class Scan:
         self.excluded = 0               # of other VMs or profiles, or outside --since/--until
         self.twins = 0                  # journald's second copies of an event
         self.guessed = 0                # records whose time has a guessed year
+        self.not_apparmor: dict[int, int] = {}   # catalogue.NOT_APPARMOR index -> lines
+        #                                 (the line path's, for explain)
         self.kind = "file"
 
     @property
@@ -145,6 +148,10 @@ def scan(args: Any, uuid: str | None = None, name: str | None = None) -> Scan:
                 note = notices(line)
                 if note:
                     result.notices[note] = result.notices.get(note, 0) + 1
+                if "apparmor=" not in line and "allocate" in line:
+                    for i, cause in enumerate(NOT_APPARMOR):
+                        if cause[0] in line:
+                            result.not_apparmor[i] = result.not_apparmor.get(i, 0) + 1
                 yield line
 
     def wanted(rec: Any) -> bool:
