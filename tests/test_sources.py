@@ -83,16 +83,19 @@ def generated(tmp: Path, fmt: str, seed: int, lines: int = 1500
         t = json.loads(line)
         prof = t["profile"].split("//")[0]
         if t.get("vm_uuid") and t["apparmor"] in ("DENIED", "ALLOWED") \
-                and (not t.get("duplicate") or fmt == "journal-short"):
+                and not t.get("duplicate"):
             every[prof] += 1
             complete[prof] += bool(t["complete"])
     return log, complete, every
 
 
 def per_profile(doc: dict[str, Any]) -> Counter[str]:
+    """The guests' records per profile (the stack's programs are grouped too, not counted
+    here: the generator's truth marks guests only)."""
     c: Counter[str] = Counter()
     for g in doc["groups"]:
-        c[g["profile"].split("//")[0]] += g["count"]
+        if g["program"] == "vm":
+            c[g["profile"].split("//")[0]] += g["count"]
     return c
 
 
@@ -262,8 +265,13 @@ def test_gz_file_and_stdin_read_every_format(tmp_path: Path) -> None:
         log, complete, every = generated(tmp_path, fmt, seed=20 + i)
         plain = denials("--file", str(log))
         got = per_profile(plain)
-        # every complete record counted; a record cut before its profile cannot be
-        assert all(complete[p] <= got[p] <= every[p] for p in every | got), fmt
+        # every complete record counted; a record cut before its profile cannot be.
+        # journald's audit copy carries no stamp in text formats: a twin is paired on
+        # content, so a truncated kernel copy may stay single and two identical events
+        # of one process may pair (one either way, per VM)
+        slack = 1 if fmt in ("syslog", "journal-short") else 0
+        assert all(complete[p] - slack <= got[p] <= every[p] + slack
+                   for p in every | got), fmt
         assert sum(got.values()) > 100
         subprocess.run(["gzip", "-k", str(log)], check=True)
         assert denials("--file", f"{log}.gz")["groups"] == plain["groups"], fmt

@@ -35,8 +35,11 @@ def _denial_scan(args: argparse.Namespace) -> tuple[Any, str | None, VM | None,
     from virt_aa.denials.sources import SourceError
 
     uuid, vm = _log_domain(args)
+    name = vm.dom.name if vm is not None else None
+    if uuid is not None and name is None:
+        name = _store(args).settings(uuid).get("name")
     try:
-        found = dc.scan(args, uuid)
+        found = dc.scan(args, uuid, name)
     except SourceError as exc:
         raise CliError(str(exc)) from None
     from virt_aa.denials.report import uuid_of
@@ -93,15 +96,15 @@ def _denials(args: argparse.Namespace) -> int:
 
     if getattr(args, "follow", False):
         return _follow(args)
-    if getattr(args, "json", False) and not sys.stdout.isatty() and dc.big_file(args):
+    if (getattr(args, "json", False) and not sys.stdout.isatty() and dc.big_file(args)
+            and not getattr(args, "domain", None) and not getattr(args, "xml", None)):
         # a big file to a pipe or file: both cores to the last byte (denials/pair.py)
         from virt_aa.denials.pair import denials_json
 
-        uuid, vm = _log_domain(args)
         progress = dc.Progress(os.path.getsize(args.file), "scanning")
         try:
-            if denials_json(args.file, uuid, sys.stdout,
-                            lambda uuids: _vm_names(args, uuids, vm),
+            if denials_json(args.file, None, sys.stdout,
+                            lambda uuids: _vm_names(args, uuids, None),
                             lambda found, profiles: dc.honesty(found, _store(args), profiles),
                             progress.update):
                 return 0
@@ -116,24 +119,48 @@ def _denials(args: argparse.Namespace) -> int:
         out = sys.stdout
         out.write(head + ', "groups": [')
         dc.write_json_rows(found, names, out)
-        out.write('], "warnings": ' + json.dumps(warnings, ensure_ascii=True) + "}\n")
+        out.write('], ' + json.dumps(found.accounting())[1:-1] + ', "warnings": '
+                  + json.dumps(warnings, ensure_ascii=True) + "}\n")
         return 0
     if getattr(args, "json", False):
         result = {"source": found.kind, "records": found.records, "groups": list(rows),
-                  "warnings": warnings}
+                  **found.accounting(), "warnings": warnings}
         return _emit(args, result, "")
-    lines = []
-    current = None
+    return _emit(args, {}, "\n".join(_denials_text(found, rows, warnings)))
+
+
+def _denials_text(found: Any, rows: Any, warnings: list[str]) -> list[str]:
+    """The groups under one heading per program of the stack, then how every record is
+    accounted for."""
+    from virt_aa.denials.programs import HEADING, ORDER
+
+    per: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if r["vm"] != current:
-            current = r["vm"]
-            lines.append(f"{current} ({r['profile'].split('//')[0]})")
-        child = f" [{r['child']}]" if r["child"] else ""
-        lines.append(f"  {r['count']:>7}  {r['mode']:<7} {r['operation']:<12} "
-                     f"{r['perms'] or '-':<5} {r['resource']}{child}  "
-                     f"({r['first_seen'] or '?'} .. {r['last_seen'] or '?'})")
+        per.setdefault(r["program"], []).append(r)
+    lines = []
+    shown = 0
+    for program in sorted(per, key=ORDER.__getitem__):
+        got = per[program]
+        n = sum(r["count"] for r in got)
+        shown += n
+        lines.append(f"== {HEADING[program]}: {n} record(s)")
+        current = None
+        for r in got:
+            if r["vm"] != current:
+                current = r["vm"]
+                lines.append(f"{current} ({r['profile'].split('//')[0]})")
+            child = f" [{r['child']}]" if r["child"] else ""
+            guess = " (year guessed)" if r["flags"].get("year_guessed") else ""
+            lines.append(f"  {r['count']:>7}  {r['mode']:<7} {r['operation']:<12} "
+                         f"{r['perms'] or '-':<5} {r['resource']}{child}  "
+                         f"({r['first_seen'] or '?'} .. {r['last_seen'] or '?'}{guess})")
+    acc = found.accounting()
+    lines.append(f"{found.records} AppArmor record(s): {shown} in the groups above, "
+                 f"{acc['not_denials']} that deny nothing (STATUS, AUDIT ...), "
+                 f"{acc['excluded']} of other VMs/profiles or outside the time window, "
+                 f"{acc['twins']} journald twin(s) counted once")
     lines += [f"warning: {w}" for w in warnings]
-    return _emit(args, {}, "\n".join(lines) or "no AppArmor denials of libvirt guests")
+    return lines
 
 
 def _generated(vm: VM) -> list[Any]:
@@ -147,56 +174,160 @@ def _generated(vm: VM) -> list[Any]:
     return (fixed_rules(vm.dom) if vm.dom.is_qemu else []) + gen.rules
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    from virt_aa.denials import commands as dc
-    from virt_aa.denials.report import explain
+def _command(args: argparse.Namespace, vm: VM | None) -> Any:
+    """verb + words -> the `virt-aa` command line that does it for this domain, exactly as
+    it must be typed here (--root, --connect, --xml as given); None without a domain."""
+    if vm is None:
+        return None
+    import shlex
 
-    found, _, vm, names = _denial_scan(args)
+    base = ["virt-aa"]
+    if args.root:
+        base += ["--root", args.root]
+    if args.connect:
+        base += ["--connect", args.connect]
+    target = ["--xml", args.xml] if getattr(args, "xml", None) else [vm.dom.name]
+    return lambda words: shlex.join(base + words[:1] + target + words[1:])
+
+
+def _advice(args: argparse.Namespace, found: Any, vm: VM | None
+            ) -> list[tuple[Any, dict[str, Any], dict[str, Any]]]:
+    """(group, explanation, advice) for every group, the effective policy consulted for
+    the VM's file denials (as `check` does), biggest groups first."""
+    from virt_aa.denials import commands as dc
+    from virt_aa.denials.advice import advise
+    from virt_aa.denials.report import explain, find_known, perms_for_check
+
     matches = dc.matcher()
     generated = _generated(vm) if vm is not None else []
+    decide = None
+    unchecked = ""
+    if vm is not None:
+        from virt_aa.ops.checkaccess import CheckError, checker
+
+        try:
+            decide = checker(_store(args), vm, generated)
+        except CheckError as exc:       # said with each advice: it could not be checked
+            unchecked = f" (not checked against the current policy: {exc})"
+    cmd = _command(args, vm)
+    program_cmds: dict[str, Any] = {}
+    out = []
+    for g in sorted(found.groups.values(), key=lambda g: (-g.count, g.resource)):
+        why = explain(g, vm.dom if vm else None, generated, matches)
+        verdict = None
+        if (decide is not None and g.program == "vm" and g.is_file
+                and g.uuid == vm.uuid):      # type: ignore[union-attr]
+            verdict = decide(g.resource, perms_for_check(g.perms, g.operation))
+        props = dc.proposals_for(g, matches)
+        adv = advise(g.program, g.profile, verdict, why["restricted"], props,
+                     find_known(g, matches) if why["element"] != "tpm passthrough" else None,
+                     cmd if g.uuid is not None and vm is not None and g.uuid == vm.uuid
+                     else None, why["rule"], _program_command(args, g, program_cmds))
+        adv["proposals"] = props
+        if unchecked and g.program == "vm" and g.is_file:
+            adv["text"] += unchecked
+        out.append((g, why, adv))
+    return out
+
+
+def _program_command(args: argparse.Namespace, g: Any, cache: dict[str, Any]) -> Any:
+    """For a denial in a program's own profile (not a child profile): the `allow --profile
+    NAME` command maker, when its installed profile has a local/ file; else None."""
+    from virt_aa.ops import hostrules
+    from virt_aa.ops.manage import ManageError
+
+    base = g.profile.split("//", 1)[0]
+    name = next((n for n, names in hostrules.PROGRAM_PROFILES.items() if base in names),
+                None)
+    if name is None or "//" in g.profile:
+        return None
+    if name not in cache:
+        try:
+            hostrules.program(_store(args), name)
+        except ManageError:
+            cache[name] = None
+        else:
+            import shlex
+
+            pre = ["virt-aa"] + (["--root", args.root] if args.root else [])
+            cache[name] = lambda words, name=name: shlex.join(
+                pre + words[:1] + ["--profile", name] + words[1:])
+    return cache[name]
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    found, _, vm, names = _denial_scan(args)
     out = []
     lines = []
-    groups = sorted(found.groups.values(), key=lambda g: (-g.count, g.resource))
-    for g in groups:
-        why = explain(g, vm.dom if vm else None, generated, matches)
-        row = {**g.to_dict(names), "explanation": why}
+    for g, why, adv in _advice(args, found, vm):
+        row = {**g.to_dict(names), "explanation": why,
+               "advice": {k: v for k, v in adv.items() if k != "proposals"}}
         out.append(row)
         lines.append(f"{row['vm']}: {g.mode} {g.operation} {g.perms or ''} {g.resource} "
                      f"(x{g.count})")
-        lines.append(f"    {why['relation']}" if vm else
-                     "    (name the domain to relate this to its XML)")
+        if g.program != "vm":
+            pass
+        elif vm is not None:
+            lines.append(f"    {why['relation']}")
+        else:
+            lines.append("    (name the domain to relate this to its XML)")
         if why["covered_by"]:
-            lines.append(f"    rule: {why['covered_by']}")
+            lines.append(f"    rule:  {why['covered_by']}")
         if why["known"]:
-            lines.append(f"    known: {why['known']['what']}")
-            lines.append(f"    fix:   {why['known']['fix']}  [{why['known']['source']}]")
+            lines.append(f"    known: {why['known']['what']}  [{why['known']['source']}]")
         if why["risk"]:
             lines.append(f"    risk:  {why['risk']}")
-    return _emit(args, {"groups": out}, "\n".join(lines) or "no denials to explain")
+        lines.append(f"    next:  {adv['text']}")
+        lines += [f"    run:   {c}" for c in adv["commands"]]
+    from virt_aa.denials.catalogue import NOT_APPARMOR
+
+    other = [{"line": NOT_APPARMOR[i][0], "count": n, "what": NOT_APPARMOR[i][1],
+              "fix": NOT_APPARMOR[i][2], "source": NOT_APPARMOR[i][3]}
+             for i, n in sorted(found.not_apparmor.items())]
+    for o in other:
+        lines.append(f"not AppArmor ({o['count']}x): {o['line']}")
+        lines.append(f"    known: {o['what']}  [{o['source']}]")
+        lines.append(f"    next:  {o['fix']}")
+    return _emit(args, {"groups": out, "not_apparmor": other},
+                 "\n".join(lines) or "no denials to explain")
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    from virt_aa.denials import commands as dc
-    from virt_aa.ops.manage import allow
-
     found, _, vm, names = _denial_scan(args)
     if vm is None:
         raise CliError("suggest needs the domain (name, UUID or id via libvirt, or --xml)")
-    matches = dc.matcher()
     items = []
-    for g in sorted(found.groups.values(), key=lambda g: (-g.count, g.resource)):
-        props = dc.proposals_for(g, matches)
-        items.append({"denial": g.to_dict(names), "proposals": props})
+    for g, _why, adv in _advice(args, found, vm):
+        item: dict[str, Any] = {"denial": g.to_dict(names), "advice": adv["text"],
+                                "commands": adv["commands"], "proposals": []}
+        if adv["status"] == "allow":    # the advised rule first (explain's), then the rest
+            props = sorted(adv["proposals"], key=lambda p: p["rule"] != adv["rule"])
+            if not props or props[0]["rule"] != adv["rule"]:
+                props.insert(0, {"kind": "advised", "rule": adv["rule"], "covers": True})
+            item["proposals"] = props
+        else:
+            item["skipped"] = adv["text"]
+        items.append(item)
     from virt_aa.ops.isolation import isolate_proposals
 
     isolate_proposals(items, vm)
+    for item in items:
+        if item.get("isolation") and not item["proposals"]:
+            # nothing left that keeps the VMs apart: no command to print
+            item["advice"], item["commands"] = item["isolation"], []
+    return _suggested(args, vm, items)
+
+
+def _suggested(args: argparse.Namespace, vm: VM, items: list[dict[str, Any]]) -> int:
+    """Review (on a terminal), store (--apply) and print the suggestions."""
+    from virt_aa.ops.manage import allow
+
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not args.json
     chosen: list[tuple[str, dict[str, Any]]] = []
     for item in items:
         props = item["proposals"]
         d = item["denial"]
         if not props:
-            item["skipped"] = "no rule proposed (restricted or not a file/capability/network)"
             continue
         if interactive:
             choice = _review(d, props)
@@ -223,6 +354,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             lines.append(f"    {item['isolation']}")
         if "skipped" in item:
             lines.append(f"    {item['skipped']}")
+            lines += [f"    run: {c}" for c in item["commands"]]
     lines += [f"applied [{r['id']}] {r['rule']}" for r in result["applied"]]
     if not args.apply and not interactive:
         lines.append("(nothing stored: review, then run with --apply to store the first "

@@ -71,11 +71,37 @@ def _loaded_text(loaded: object, kernel: object) -> str:
     return "yes" if loaded else "no"
 
 
+def _host_target(args: argparse.Namespace) -> Any:
+    """The --all-vms or --profile NAME target, or None for a domain's own rules."""
+    if not getattr(args, "all_vms", False) and not getattr(args, "profile", None):
+        return None
+    if args.all_vms and args.profile:
+        raise CliError("give --all-vms or --profile NAME, not both")
+    if getattr(args, "xml", None) or getattr(args, "domain", None):
+        raise CliError("--all-vms and --profile take no domain")
+    from virt_aa.ops import hostrules
+
+    store = _store(args)
+    return hostrules.all_vms(store) if args.all_vms else hostrules.program(store, args.profile)
+
+
+def _host_allow(args: argparse.Namespace, target: Any, rules: list[str]) -> int:
+    from virt_aa.ops import hostrules
+
+    result = hostrules.allow(_store(args), target, rules, args.comment or "", args.force)
+    lines = [f"allowed for {target.label}: [{r['id']}] {r['rule']}"
+             for r in result["added"]] or ["nothing new: " + str(result["status"])]
+    if result["added"]:
+        lines.append(str(result["status"]))
+    return _emit(args, result, "\n".join(lines))
+
+
 def cmd_allow(args: argparse.Namespace) -> int:
     from virt_aa.ops.manage import allow
     from virt_aa.policy.localrules import RuleError, path_rule
 
-    domain, rules = _split_domain(args, args.items)
+    target = _host_target(args)
+    domain, rules = (None, list(args.items)) if target else _split_domain(args, args.items)
     if args.path:
         if not args.perms:
             raise CliError("--path needs --perms (e.g. --perms rw)")
@@ -85,6 +111,8 @@ def cmd_allow(args: argparse.Namespace) -> int:
             raise CliError(str(exc)) from None
     if not rules:
         raise CliError("give at least one rule ('/srv/data/** rwk,') or --path PATH --perms P")
+    if target is not None:
+        return _host_allow(args, target, rules)
     vm = _vm(args, domain)
     result = allow(_store(args), vm, rules, args.comment or "", args.force)
     added = result["added"]
@@ -114,9 +142,17 @@ def _canonical(path: str) -> str:
 def cmd_revoke(args: argparse.Namespace) -> int:
     from virt_aa.ops.manage import revoke
 
-    domain, keys = _split_domain(args, args.items)
+    target = _host_target(args)
+    domain, keys = (None, list(args.items)) if target else _split_domain(args, args.items)
     if len(keys) != 1:
         raise CliError("give exactly one rule or rule id to revoke (see `virt-aa rules`)")
+    if target is not None:
+        from virt_aa.ops import hostrules
+
+        res = hostrules.revoke(_store(args), target, keys[0])
+        r = res["revoked"]
+        return _emit(args, res, f"revoked for {target.label}: [{r['id']}] {r['rule']}\n"
+                                f"{res['status']}")
     vm = _vm(args, domain)
     result = revoke(_store(args), vm, keys[0])
     r = result["revoked"]
@@ -127,6 +163,15 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_rules(args: argparse.Namespace) -> int:
     from virt_aa.ops.manage import list_rules
 
+    target = _host_target(args)
+    if target is not None:
+        from virt_aa.ops import hostrules
+
+        res = hostrules.list_rules(target)
+        lines = [f"{r['id']}  {r['rule']}" + (f"  # {r['comment']}" if r.get("comment")
+                                              else "") for r in res["rules"]]
+        return _emit(args, res, "\n".join(lines) or f"no rules for {target.label} in "
+                                                      f"{target.path}")
     vm = _vm(args, args.domain)
     result = list_rules(_store(args), vm)
     lines = [f"{r['id']}  {r['rule']}" + (f"  # {r['comment']}" if r.get("comment") else "")
@@ -177,6 +222,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    target = _host_target(args)
+    if target is not None:
+        records = _store(args).history(target.key)
+        lines = [f"{r.get('time')}  {r.get('user')}  {r.get('action')}  {r.get('rule')}"
+                 for r in records]
+        return _emit(args, {"target": target.label, "history": records},
+                     "\n".join(lines) or f"no changes recorded for {target.label}")
     vm = _vm(args, args.domain)
     records = _store(args).history(vm.uuid)
     lines = []
@@ -187,6 +239,18 @@ def cmd_history(args: argparse.Namespace) -> int:
         lines.append(f"{r.get('time')}  {r.get('user')}  {r.get('action')}  {what}{why}{denial}")
     return _emit(args, {"domain": vm.dom.name, "uuid": vm.uuid, "history": records},
                  "\n".join(lines) or f"no changes recorded for {vm.dom.name}")
+
+
+def host_options(sp: argparse.ArgumentParser) -> None:
+    """--all-vms and --profile NAME: rules beyond one domain (ops/hostrules.py)."""
+    sp.add_argument("--all-vms", action="store_true",
+                    help="every VM: the extension point of the installed "
+                         "abstractions/libvirt-qemu (libvirt-qemu.d/ or local/)")
+    sp.add_argument("--profile", metavar="NAME",
+                    choices=("libvirtd", "virtqemud", "swtpm", "virtiofsd", "passt",
+                             "dnsmasq"),
+                    help="a program of the stack: the local/ file its installed profile "
+                         "includes")
 
 
 def register(sub: Any) -> None:
@@ -218,6 +282,7 @@ def register(sub: Any) -> None:
     sp.add_argument("--force", action="store_true",
                     help="allow a rule that reaches a restricted path (/etc, /root, ...) "
                          "or another VM's files (recorded and flagged)")
+    host_options(sp)
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_allow)
 
@@ -226,12 +291,14 @@ def register(sub: Any) -> None:
                                     "or its exact text; applied live and recorded.")
     sp.add_argument("items", nargs="*", metavar="DOMAIN|RULE|ID")
     sp.add_argument("--xml", metavar="FILE", help="give the domain offline as an XML file")
+    host_options(sp)
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_revoke)
 
     sp = verb(sub, "rules", "list a domain's per-VM rules",
               "List the per-VM rules of a domain with ids and provenance; broken "
               "hand edits are reported with their line.")
+    host_options(sp)
     sp.set_defaults(func=cmd_rules)
 
     for mode, desc in (("complain", "log instead of blocking (debugging one VM)"),
@@ -250,4 +317,5 @@ def register(sub: Any) -> None:
 
     sp = verb(sub, "history", "every change made to a domain's confinement",
               "Every change: when, who (SUDO_USER where set), what, why.")
+    host_options(sp)
     sp.set_defaults(func=cmd_history)

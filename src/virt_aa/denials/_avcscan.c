@@ -27,6 +27,7 @@
 #define SEP "apparmor=\""
 #define NSEP 10
 #define WIN 36
+#define HDR 256                 /* the longest auditd header (node=...) taken as usual */
 
 typedef struct {               /* one allocation: the probe that finds it reads its key */
     uint64_t hash;
@@ -362,6 +363,8 @@ dbus_line(Table *t, const char *c, Py_ssize_t len, Py_ssize_t ls, Py_ssize_t oi,
         return 0;               /* another record on the line: Python parses it */
     if (!find(c + ls, oi - ls, tag, (Py_ssize_t)sizeof(tag) - 1))
         return 0;
+    if (memchr(c + ls, 0x1d, (size_t)(oi - ls)))
+        return 0;               /* ENRICHED's separator before msg=': Python parses it */
     Py_ssize_t a = -1;
     for (Py_ssize_t i = oi - 6; i >= ls; i--) {
         if (memcmp(c + i, "audit(", 6) == 0) {
@@ -378,6 +381,8 @@ dbus_line(Table *t, const char *c, Py_ssize_t len, Py_ssize_t ls, Py_ssize_t oi,
     const char *r = c + oi + NSEP;
     Py_ssize_t rn = le - (oi + NSEP);
     const char *p = find(r, rn, " pid=", 5);
+    if (!p)
+        return 0;               /* cut before its pid: Python parses it */
     Py_ssize_t hl = p ? p - r : rn;
     const char *tail = p ? p + 5 : r + rn;
     Py_ssize_t tl = (r + rn) - tail;
@@ -468,6 +473,45 @@ prescan(Table *t, const char *c, Py_ssize_t len)
     return lines;
 }
 
+static int stamp_ok(const char *a, Py_ssize_t n);
+
+/* The line before c[oi] is exactly the parser's auditd header:
+ * "[node=NODE ]type=TYPE msg=audit(SECONDS[.FRAC]:SERIAL): " (else Python parses it). */
+static int
+header(const char *c, Py_ssize_t oi)
+{
+    Py_ssize_t back = oi < HDR + 1 ? oi : HDR + 1;
+    const char *lsp = memrchr(c + oi - back, '\n', (size_t)back);
+    if (!lsp && oi > HDR)
+        return 0;               /* a header longer than HDR: not the usual one */
+    Py_ssize_t ls = lsp ? (lsp - c) + 1 : 0;
+    const char *l = c + ls;
+    Py_ssize_t n = oi - ls, i = 0;
+    if (n >= 5 && memcmp(l, "node=", 5) == 0) {
+        i = 5;
+        while (i < n && l[i] != ' ' && !(l[i] >= '\t' && l[i] <= '\r')
+               && !(l[i] >= 0x1c && l[i] <= 0x1f))     /* Python's str whitespace */
+            i++;
+        if (i == 5 || i >= n || l[i] != ' ')
+            return 0;
+        i++;
+    }
+    if (n - i < 5 || memcmp(l + i, "type=", 5) != 0)
+        return 0;
+    i += 5;
+    Py_ssize_t t = i;
+    if (i < n && l[i] >= '0' && l[i] <= '9') {
+        while (i < n && l[i] >= '0' && l[i] <= '9')
+            i++;
+    } else {
+        while (i < n && ((l[i] >= 'A' && l[i] <= 'Z') || l[i] == '_'))
+            i++;
+    }
+    if (i == t || n - i < 11 || memcmp(l + i, " msg=audit(", 11) != 0)
+        return 0;
+    return stamp_ok(l + i + 11, n - i - 11) && n - i - 11 > 0 && l[n - 3] == ')';
+}
+
 /* Scan c[0:len]; returns newlines, or -1 when out of memory. */
 static Py_ssize_t
 scan(Table *t, const char *c, Py_ssize_t len)
@@ -477,6 +521,7 @@ scan(Table *t, const char *c, Py_ssize_t len)
     if (lines < 0)
         return -1;
     Py_ssize_t prev_end = 0, bad_ls = -1;
+    int first = 1;              /* the chunk starts at a line start */
     for (Py_ssize_t k = 0; k < t->nseps; k++) {
         Py_ssize_t oi = t->seps[k];
         const char *o = c + oi;
@@ -485,7 +530,13 @@ scan(Table *t, const char *c, Py_ssize_t len)
         const char *le = memchr(c + s, '\n', (size_t)(lim - s));
         Py_ssize_t e = le ? le - c : lim;
         int done = 0;
-        if (oi - 3 >= prev_end && memcmp(o - 3, "): ", 3) == 0) {
+        int was_first = first;
+        first = le != NULL;     /* the next one starts a line if this line ended */
+        if (!was_first) {       /* a later apparmor=" on a line: text of the line's record */
+            prev_end = s;
+            continue;
+        }
+        if (oi - 3 >= prev_end && memcmp(o - 3, "): ", 3) == 0 && header(c, oi)) {
             Py_ssize_t ws = oi - WIN;
             if (ws < prev_end)
                 ws = prev_end;
@@ -567,6 +618,33 @@ Table_feed(Table *t, PyObject *arg)
     return Py_BuildValue("(nNN)", lines, bad, qf);
 }
 
+/* a[0:n] is "DIGITS[.DIGITS]:DIGITS): " (what the parser takes for a stamp), or the
+ * "DIGITS[.DIGITS]" alone that the dbus table keeps */
+static int
+stamp_ok(const char *a, Py_ssize_t n)
+{
+    Py_ssize_t i = 0, d = 0;
+    while (i < n && a[i] >= '0' && a[i] <= '9')
+        i++;
+    if (i == 0)
+        return 0;
+    if (i < n && a[i] == '.') {
+        d = ++i;
+        while (i < n && a[i] >= '0' && a[i] <= '9')
+            i++;
+        if (i == d)
+            return 0;
+    }
+    if (i == n)
+        return 1;               /* a dbus record's stamp: the seconds alone */
+    if (a[i++] != ':')
+        return 0;
+    d = i;
+    while (i < n && a[i] >= '0' && a[i] <= '9')
+        i++;
+    return i > d && n - i == 3 && memcmp(a + i, "): ", 3) == 0;
+}
+
 /* float() of the text after the window's last "audit(" up to ':' (None if it is not one) */
 static PyObject *
 stamp(const char *w, Py_ssize_t n)
@@ -586,6 +664,8 @@ stamp(const char *w, Py_ssize_t n)
     const char *colon = memchr(a, ':', (size_t)m);
     if (colon)
         m = colon - a;
+    if (!stamp_ok(a, (w + n) - a))
+        Py_RETURN_NONE;         /* not the parser's SECONDS[.FRAC]:SERIAL): */
     if (m > 0 && m < 32) {
         /* the usual "SECONDS.MILLIS": parsed here (float() gives the same value) */
         char tmp[32];

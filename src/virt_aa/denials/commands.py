@@ -17,6 +17,8 @@ from typing import Any
 from virt_aa.host.store import Store
 
 from . import sources
+from .catalogue import NOT_APPARMOR
+from .programs import SERVING, program_of, serves
 from .report import Group, group_records, proposals, uuid_of
 
 PROGRESS_EVERY = 4 << 20
@@ -64,6 +66,12 @@ class Scan:
         self.notices: dict[str, int] = {}
         self.records = 0
         self.overflow = 0               # records past the scanner's group cap
+        self.not_denials = 0            # records that deny nothing (STATUS, AUDIT, HINT ...)
+        self.excluded = 0               # of other VMs or profiles, or outside --since/--until
+        self.twins = 0                  # journald's second copies of an event
+        self.guessed = 0                # records whose time has a guessed year
+        self.not_apparmor: dict[int, int] = {}   # catalogue.NOT_APPARMOR index -> lines
+        #                                 (the line path's, for explain)
         self.kind = "file"
 
     @property
@@ -86,6 +94,12 @@ class Scan:
         if self.table:
             return {k[0] for k in self.table}
         return {k[0] for k in self._groups}
+
+    def accounting(self) -> dict[str, int]:
+        """How every record is accounted for: records = the groups' counts + not_denials
+        + excluded + twins."""
+        return {"not_denials": self.not_denials, "excluded": self.excluded,
+                "twins": self.twins, "times_guessed": self.guessed}
 
 
 def _lines(args: Any) -> tuple[str, list[Iterable[str]], int]:
@@ -111,16 +125,18 @@ def _lines(args: Any) -> tuple[str, list[Iterable[str]], int]:
     return kind, [sources.open_lines(f) for f in files], total
 
 
-def scan(args: Any, uuid: str | None = None) -> Scan:
-    """The denials in the chosen logs, of one domain's profiles (`uuid`) or of all guests."""
+def scan(args: Any, uuid: str | None = None, name: str | None = None) -> Scan:
+    """The denials in the chosen logs, of every profile, or of one domain (`uuid`, its
+    `name` if known): its own profiles and the helpers that serve it."""
     from .parse import iter_records, notices
+    from .twins import Twins
 
     result = Scan()
     since = sources.parse_time(args.since)
     until = sources.parse_time(args.until)
     if big_file(args):
-        return _scan_big(args.file, uuid, result)
-    want = for_domain(uuid)
+        return _scan_big(args.file, uuid, name, result)
+    want = for_domain(uuid, name)
     kind, streams, total = _lines(args)
     result.kind = kind
     progress = Progress(total, "scanning")
@@ -132,6 +148,10 @@ def scan(args: Any, uuid: str | None = None) -> Scan:
                 note = notices(line)
                 if note:
                     result.notices[note] = result.notices.get(note, 0) + 1
+                if "apparmor=" not in line and "allocate" in line:
+                    for i, cause in enumerate(NOT_APPARMOR):
+                        if cause[0] in line:
+                            result.not_apparmor[i] = result.not_apparmor.get(i, 0) + 1
                 yield line
 
     def wanted(rec: Any) -> bool:
@@ -141,16 +161,36 @@ def scan(args: Any, uuid: str | None = None) -> Scan:
             return False
         return want is None or bool(want(rec))
 
+    twins = Twins()
+
+    def counted(records: Iterable[Any]) -> Iterator[Any]:
+        for rec in records:
+            result.records += 1
+            if twins.twin(rec):
+                result.twins += 1
+                continue
+            if "year_guessed" in rec.flags:
+                result.guessed += 1
+            if rec.mode not in ("DENIED", "ALLOWED"):
+                result.not_denials += 1
+            elif not wanted(rec):
+                result.excluded += 1
+            else:
+                yield rec
+
+    records = (_per_line(lines()) if kind == "file" and _auditd_file(args.file)
+               else iter_records(lines()))
     try:
-        result.groups = group_records(_count(once(iter_records(lines())), result), wanted)
+        result.groups = group_records(counted(records))
     finally:
         progress.close()
     return result
 
 
 def follow_groups(args: Any, uuid: str | None = None) -> Iterator[Group]:
-    """``--follow``: each new guest record as it is written, as a group of one."""
+    """``--follow``: each new record as it is written, as a group of one."""
     from .parse import iter_records
+    from .twins import Twins
 
     since = sources.parse_time(args.since)
     until = sources.parse_time(args.until)
@@ -163,10 +203,39 @@ def follow_groups(args: Any, uuid: str | None = None) -> Iterator[Group]:
             return False
         return want is None or bool(want(rec))
 
+    twins = Twins()
     _, streams, _ = _lines(args)
     for stream in streams:
-        for rec in once(iter_records(stream)):
-            yield from group_records([rec], wanted).values()
+        for rec in iter_records(stream):
+            if not twins.twin(rec):
+                yield from group_records([rec], wanted).values()
+
+
+def _auditd_file(path: str | None) -> bool:
+    """An auditd log (as the big-file scanner decides it: its first 64 KiB)."""
+    from .scan import _is_auditd
+
+    if not path or path == "-" or path.endswith(".gz"):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return _is_auditd(f.read(65536))
+    except OSError:
+        return False
+
+
+def _per_line(lines: Iterable[str]) -> Iterator[Any]:
+    """auditd writes each record on one line: no gluing of cut lines (as the big-file
+    scanner reads it)."""
+    from .parse import parse_line
+
+    for n, line in enumerate(lines, 1):
+        if 'apparmor="' not in line:   # (the scanner looks for exactly this)
+            continue
+        rec = parse_line(line.rstrip("\n"))
+        if rec is not None:
+            rec.lineno = n
+            yield rec
 
 
 BIG = 64 << 20
@@ -187,7 +256,10 @@ def _big_plain_file(args: Any) -> bool:
         return False
 
 
-def _scan_big(path: str, uuid: str | None, result: Scan) -> Scan:
+EXCLUDED = "\0excluded"                  # the fold's one group for records of other profiles
+
+
+def _scan_big(path: str, uuid: str | None, name: str | None, result: Scan) -> Scan:
     """Big files: the parallel scanner (both cores, bounded memory), same groups."""
     from .scan import group_file
 
@@ -209,57 +281,50 @@ def _scan_big(path: str, uuid: str | None, result: Scan) -> Scan:
     result.records = res.records
     result.notices = dict(res.notices)
     result.overflow = res.overflow
+    result.not_denials = res.filtered   # the fold drops only records that deny nothing
+    result.twins = res.twins
+    result.guessed = res.guessed
     result.table = res.raw              # type: ignore[assignment]
+    if uuid is not None:
+        result.excluded = _only_domain(result.table, uuid, name)
     return result
 
 
-def keep_fold(uuid: str | None) -> tuple[Callable[[str | None], bool],
-                                         Callable[[Any], GKey | None]]:
-    """What the scanner should keep (guests' profiles; one domain's with `uuid`) and how it
-    folds its groups into ours (DENIED/ALLOWED only, perms = denied or requested)."""
-    kept: dict[str | None, bool] = {}
+def _only_domain(table: dict[Any, list[Any]], uuid: str, name: str | None) -> int:
+    """Drop from `table` what the fold set aside and the helpers' records that do not name
+    the domain; the records dropped."""
+    n = 0
+    for key in list(table):
+        prof = key[0]
+        if prof == EXCLUDED or (uuid_of(prof) != uuid
+                                and not serves(key[3], uuid, name)):
+            n += table.pop(key)[0]
+    return n
 
-    def keep(profile: str | None) -> bool:
-        k = kept.get(profile)
-        if k is None:
-            u = uuid_of(profile)
-            k = kept[profile] = u is not None and (uuid is None or u == uuid)
-        return k
 
+def keep_fold(uuid: str | None) -> tuple[None, Callable[[Any], GKey | None]]:
+    """How the scanner folds its groups into ours (DENIED/ALLOWED only, perms = denied or
+    requested; no profile: "?"): with `uuid`, records of profiles that are neither the
+    domain's nor a serving helper's all go to one EXCLUDED group (`_only_domain`)."""
     modes = {"DENIED": "denied", "ALLOWED": "allowed"}
+    kept: dict[str | None, bool] = {}
+    excluded = (EXCLUDED, "denied", "?", "?", "")
 
     def fold(k: Any) -> GKey | None:    # a scan group -> ours (in each scan worker)
         m = modes.get(k[1])
-        if m is None or k[0] is None:
+        if m is None:
             return None
-        return (k[0], m, k[2] or "?", k[3] or "?", k[5] or k[4] or "")
+        prof = k[0] or "?"
+        if uuid is not None:
+            ok = kept.get(prof)
+            if ok is None:
+                ok = kept[prof] = (uuid_of(prof) == uuid
+                                   or program_of(prof) in SERVING)
+            if not ok:
+                return excluded
+        return (prof, m, k[2] or "?", k[3] or "?", k[5] or k[4] or "")
 
-    return keep, fold
-
-
-def once(records: Iterable[Any], memory: int = 65536) -> Iterator[Any]:
-    """Each event once.  Without auditd, journald receives an AVC twice: printed
-    by the kernel (kernel transport) and from the audit socket (audit
-    transport), with the same event id; the second copy is dropped.  Records of
-    one transport are never merged (one event may log several)."""
-    seen: dict[tuple[str, str | None, str | None], str] = {}
-    for rec in records:
-        eid = rec.event_id
-        if eid is not None and rec.source in ("kernel", "audit"):
-            key = (eid, rec.profile, rec.operation)
-            other = seen.get(key)
-            if other is not None and other != rec.source:
-                continue
-            seen[key] = rec.source
-            if len(seen) > memory:
-                del seen[next(iter(seen))]
-        yield rec
-
-
-def _count(records: Iterable[Any], result: Scan) -> Iterator[Any]:
-    for rec in records:
-        result.records += 1
-        yield rec
+    return None, fold
 
 
 def vm_names(store: Store, uuids: set[str], uri: str | None) -> dict[str, str]:
@@ -305,11 +370,15 @@ def honesty(scan_: Scan, store: Store, profiles: Iterable[str]) -> list[str]:
                    f"mode and operation only (resource '?'): the scan keeps at most "
                    f"{MAX_GROUPS} groups and {MAX_GROUP_BYTES >> 20} MiB of names to bound "
                    f"its memory; name the domain or narrow the file to see them")
+    if scan_.guessed:
+        out.append(f"{scan_.guessed} record(s) have syslog times without a year: their year "
+                   f"is a guess (this year, or the last if that would be in the future); "
+                   f"their first/last seen are flagged year_guessed")
     for note, n in sorted(scan_.notices.items()):
         out.append(f"{labels.get(note, note)}: {n} notice(s) in this window; counts are "
                    f"lower bounds")
-    for profile in sorted(set(profiles)):
-        quiet = _quiet_denies(store, profile)
+    for profile in sorted(p for p in set(profiles) if uuid_of(p) is not None):
+        quiet = _quiet_denies(store, profile)   # (a VM's: other names are log text)
         if quiet:
             out.append(f"{profile}: {quiet} deny rule(s) in its profile refuse accesses "
                        f"without logging them (e.g. writes to read-only images)")
@@ -349,10 +418,17 @@ def matcher() -> Callable[[str, str], bool]:
     return matches
 
 
-def for_domain(uuid: str | None) -> Callable[[Any], bool] | None:
+def for_domain(uuid: str | None, name: str | None = None) -> Callable[[Any], bool] | None:
+    """The domain's records: of its profiles, or of a helper serving it (`serves`)."""
     if uuid is None:
         return None
-    return lambda rec: uuid_of(rec.profile or rec.label) == uuid
+
+    def want(rec: Any) -> bool:
+        prof = rec.profile or rec.label
+        if uuid_of(prof) == uuid:
+            return True
+        return program_of(prof) in SERVING and serves(rec.resource, uuid, name)
+    return want
 
 
 def group_dicts(groups: Iterable[Group], names: dict[str, str]) -> list[dict[str, Any]]:
@@ -430,7 +506,8 @@ def rows(scan_: Scan, names: dict[str, str]) -> Iterator[dict[str, Any]]:
     iso = _Iso()
     for negn, op, resource, mode, perms, prof, first, last in _sorted(parts):
         vm, u, child = info[prof]
-        yield {"vm": vm, "profile": prof, "uuid": u, "child": child, "operation": op,
+        yield {"vm": vm, "program": program_of(prof), "profile": prof, "uuid": u,
+               "child": child, "operation": op,
                "mode": mode, "resource": resource, "perms": perms, "count": -negn,
                "first_seen": iso(first), "last_seen": iso(last), "event": None, "flags": {}}
 
@@ -464,7 +541,8 @@ def json_renderer(info: dict[str, Any], per: int = 2000
     import json
     from json.encoder import encode_basestring_ascii as enc
 
-    head = {p: f'{{"vm": {enc(vm)}, "profile": {enc(p)}, "uuid": {json.dumps(u)}, '
+    head = {p: f'{{"vm": {enc(vm)}, "program": "{program_of(p)}", "profile": {enc(p)}, '
+                  f'"uuid": {json.dumps(u)}, '
                   f'"child": {json.dumps(child, ensure_ascii=True)}, "operation": '
             for p, (vm, u, child) in info.items()}
 

@@ -33,6 +33,7 @@ from typing import IO, Any
 
 from . import scan as S
 from .commands import Scan, _by_vm, child_code, json_renderer, keep_fold, raise_for_child
+from .groups import _Acc
 from .parse import NOTICE_KINDS
 
 
@@ -95,7 +96,7 @@ class _Chan:
         return self._take()
 
 
-def _route(acc: S._Acc, ours: Callable[[str], bool]) -> list[Any]:
+def _route(acc: _Acc, ours: Callable[[str], bool]) -> list[Any]:
     """Take the groups of the other process's VMs out of `acc`, for it."""
     give = [k for k in acc.groups if not ours(k[0])]
     pop = acc.groups.pop
@@ -166,7 +167,7 @@ def _worker(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any,
             down: int, fd_out: int) -> int:
     chan = _Chan(down, up)
     with S.no_gc():
-        acc = S._Acc(keep, S.MAX_GROUPS, fold)
+        acc = _Acc(keep, S.MAX_GROUPS, fold, room=S.MAX_GROUP_BYTES)
         S._scan_range(path, rng[0], rng[1], auditd, acc, None)
         st = acc.state()
         st["groups"] = {}
@@ -196,7 +197,7 @@ def _lead(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any, u
     from .report import uuid_of
 
     chan = _Chan(up, down)
-    acc = S._Acc(keep, S.MAX_GROUPS, fold)
+    acc = _Acc(keep, S.MAX_GROUPS, fold, room=S.MAX_GROUP_BYTES)
     share = max(1, rng[1] - rng[0])
     total = os.path.getsize(path)
     report = None if tick is None else (lambda k: tick(k * total // share))
@@ -205,7 +206,7 @@ def _lead(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any, u
     acc.merge(st)                       # the worker's counters (its groups come below)
     counts: Counter[str | None] = Counter(k[0] for k in acc.groups)
     counts.update(theirs)
-    kept = [p for p in counts if p is not None and keep(p)]
+    kept = [p for p in counts if p is not None and (keep is None or keep(p))]
     names = names_for({u for u in map(uuid_of, kept) if u})
     vm_of = {p: names.get(uuid_of(p) or "", p.split("//", 1)[0]) for p in kept}
     per_vm: Counter[str] = Counter()
@@ -233,6 +234,9 @@ def _lead(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any, u
     found.records = acc.records
     found.notices = {k: acc.notices[k] for k in NOTICE_KINDS if acc.notices.get(k)}
     found.overflow = acc.overflow
+    found.not_denials = acc.filtered    # the fold drops only records that deny nothing
+    found.twins = acc.twins
+    found.guessed = acc.guessed
     found.table = acc.groups
     parts, info = _by_vm(found, names)
     pieces = list(json_renderer(info)(parts))
@@ -244,4 +248,5 @@ def _lead(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any, u
         sep = ", "
     shown = their_profiles | {k[0] for k in acc.groups}
     warnings = warnings_for(found, {p.split("//")[0] for p in shown})
-    out.write('], "warnings": ' + json.dumps(warnings, ensure_ascii=True) + "}\n")
+    out.write('], ' + json.dumps(found.accounting())[1:-1] + ', "warnings": '
+              + json.dumps(warnings, ensure_ascii=True) + "}\n")

@@ -37,6 +37,9 @@ __all__ = ["NOTICE_KINDS", "Glue", "Record", "iter_file", "iter_records", "notic
 # ---------------------------------------------------------------- record
 
 
+YEAR_GUESSED = frozenset({"year_guessed"})   # a time whose year the log did not give
+
+
 class Record:
     """One AppArmor audit record (one occurrence in the log)."""
 
@@ -61,7 +64,7 @@ class Record:
     pid: int | None
     comm: str | None
     fields: dict[str, str]  # every decoded key=value of the record (ENRICHED ones upper case)
-    flags: frozenset[str]   # subset of {"split", "truncated"}
+    flags: frozenset[str]   # subset of {"split", "truncated", "year_guessed"}
     stamp: str | None       # "EPOCH.mmm:SERIAL" as written in the log
     lineno: int | None      # 1-based line where the record starts (set by iter_records)
 
@@ -504,6 +507,8 @@ def _parse_message(msg: str, pfx: _Pfx | None, jmeta: dict[str, Any] | None = No
         _apply_json_meta(rec, jmeta)
     elif rec.time is None and pfx is not None:
         rec.time = pfx.time()
+        if rec.time is not None and pfx.tsk == "bsd":     # "May 18 16:42:57": no year
+            rec.flags = rec.flags | YEAR_GUESSED
     return _Msg(rec, open_, hdr == "search")
 
 

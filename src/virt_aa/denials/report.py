@@ -15,6 +15,7 @@ from virt_aa.generate.domain import Domain
 from virt_aa.generate.paths import escape, has_control, normalize, restricted
 
 from .catalogue import KNOWN, Known
+from .programs import program_of
 
 FILE_OPS = frozenset({
     "open", "file_mmap", "mknod", "link", "rename_src", "rename_dest", "truncate", "chmod",
@@ -42,12 +43,13 @@ class Group:
     """Records that are the same denial: same VM, operation, resource, permission, mode."""
 
     __slots__ = ("child", "count", "event", "first", "flags", "last", "mode", "operation",
-                 "perms", "profile", "resource", "uuid")
+                 "perms", "profile", "program", "resource", "uuid")
 
     def __init__(self, profile: str, mode: str, operation: str, resource: str,
                  perms: str) -> None:
         self.profile = profile
         self.uuid = uuid_of(profile)
+        self.program = program_of(profile)
         self.child = profile.split("//", 1)[1] if "//" in profile else None
         self.mode = mode
         self.operation = operation
@@ -88,7 +90,8 @@ class Group:
 
     def to_dict(self, names: dict[str, str]) -> dict[str, Any]:
         vm = names.get(self.uuid or "", self.profile.split("//", 1)[0])
-        return {"vm": vm, "profile": self.profile, "uuid": self.uuid, "child": self.child,
+        return {"vm": vm, "program": self.program, "profile": self.profile, "uuid": self.uuid,
+                "child": self.child,
                 "operation": self.operation, "mode": self.mode, "resource": self.resource,
                 "perms": self.perms, "count": int(self.count),
                 "first_seen": _iso(self.first), "last_seen": _iso(self.last),
@@ -101,17 +104,14 @@ def _iso(t: float | None) -> str | None:
 
 def group_records(records: Iterable[Any], want: Callable[[Any], bool] | None = None
                   ) -> dict[tuple[str, str, str, str, str], Group]:
-    """Group DENIED/ALLOWED records of libvirt guests (and their child profiles)."""
+    """Group DENIED/ALLOWED records of every profile (no profile: "?")."""
     groups: dict[tuple[str, str, str, str, str], Group] = {}
     for rec in records:
         if rec.mode not in ("DENIED", "ALLOWED"):
             continue
-        profile = rec.profile or rec.label
-        if uuid_of(profile) is None:
-            continue
         if want is not None and not want(rec):
             continue
-        assert profile is not None
+        profile = rec.profile or rec.label or "?"
         mode = "denied" if rec.mode == "DENIED" else "allowed"
         perms = rec.denied or rec.requested or ""
         key = (profile, mode, rec.operation or "?", rec.resource or "?", perms)
@@ -155,9 +155,17 @@ def explain(group: Group, dom: Domain | None, generated: list[Rule],
             matches: Callable[[str, str], bool]) -> dict[str, Any]:
     """Why this was denied: the XML element it belongs to (or not), a known gap, a risk."""
     out: dict[str, Any] = {"element": None, "relation": "not named by the domain",
-                           "covered_by": None, "known": None, "risk": None}
+                           "covered_by": None, "known": None, "risk": None,
+                           "restricted": False, "rule": None}
     res = group.resource
-    if group.is_file:
+    tpm = _passthrough_tpm(dom, res) if group.is_file else None
+    if tpm is not None:
+        out["element"] = "tpm passthrough"
+        out["relation"] = (f"named by the domain: <tpm><backend type='passthrough'> device "
+                           f"{tpm}; libvirt hands QEMU an open descriptor for it and its "
+                           f"helper writes no rule, so QEMU opened it by path itself")
+        out["rule"] = f'"{escape(res)}" rw,'
+    elif group.is_file:
         covering = [r for r in generated if not r.deny and matches(r.path, res)]
         if covering:
             r = covering[0]
@@ -185,6 +193,7 @@ def explain(group: Group, dom: Domain | None, generated: list[Rule],
                 out["relation"] = (f"near {r.origin} ({kind} {base}), but outside it: the "
                                    f"domain does not name {res}")
         if restricted(res.rstrip("/") or "/", readonly="w" not in group.perms):
+            out["restricted"] = True
             out["risk"] = ("sensitive host path (DESIGN §5 restricted list): do not allow it "
                            "for a guest unless you know exactly why")
         elif res.startswith("/dev/"):
@@ -194,14 +203,33 @@ def explain(group: Group, dom: Domain | None, generated: list[Rule],
         if cap in RISKY_CAPS:
             out["risk"] = f"capability {cap} is broad: prefer fixing what QEMU needs it for"
     known = find_known(group, matches)
-    if known is not None:
-        out["known"] = {"what": known.what, "fix": known.fix, "source": known.source}
+    if known is not None and tpm is None:
+        out["known"] = {"what": known.what, "fix": known.fix, "rule": known.rule,
+                        "source": known.source}
     return out
 
 
+def _passthrough_tpm(dom: Domain | None, res: str) -> str | None:
+    """The domain's passthrough TPM device this resource is (or its cancel file), if any."""
+    if dom is None:
+        return None
+    for t in dom.tpms:
+        dev = t.device
+        if t.backend != "passthrough" or not dev:
+            continue
+        base = dev.rsplit("/", 1)[-1]
+        if res == dev or res in (f"/sys/class/tpm/{base}/device/cancel",
+                                 f"/sys/class/misc/{base}/device/cancel"):
+            return dev
+    return None
+
+
 def find_known(group: Group, matches: Callable[[str, str], bool]) -> Known | None:
+    """The catalogue's entry for this denial of this program, if any."""
     for k in KNOWN:
         if k.operation and k.operation != group.operation:
+            continue
+        if k.program != group.program:
             continue
         if matches(k.pattern, group.resource):
             return k
@@ -218,7 +246,9 @@ IMAGE_SUFFIXES = (".qcow2", ".qcow", ".img", ".raw", ".iso", ".vmdk", ".vdi", ".
 
 
 def _perms_for_rule(perms: str, operation: str, path: str = "") -> str:
-    if path.lower().endswith(IMAGE_SUFFIXES) and set(perms) <= set("rwakl"):
+    if "c" in perms or "d" in perms:    # create, delete: AppArmor's w
+        perms += "w"
+    if path.lower().endswith(IMAGE_SUFFIXES) and set(perms) <= set("rwakldc"):
         # a disk image: QEMU locks it (k) -- rwk for a writable image, rk read-only
         return "rwk" if set(perms) & set("wa") else "rk"
     letters = "".join(c for c in FILE_PERM_LETTERS if c in perms)
@@ -227,6 +257,12 @@ def _perms_for_rule(perms: str, operation: str, path: str = "") -> str:
     if operation == "file_mmap" and "m" not in letters:
         letters += "m"
     return letters or "r"
+
+
+def perms_for_check(perms: str, operation: str) -> str:
+    """The denied mask as `check` takes it (create/delete are writes; exec asks for x)."""
+    letters = _perms_for_rule(perms, operation)
+    return letters.replace("ix", "x")
 
 
 def proposals(group: Group) -> list[dict[str, Any]]:

@@ -180,12 +180,14 @@ class Shmem:
 
 
 class Tpm:
-    __slots__ = ("backend", "model", "version")
+    __slots__ = ("backend", "device", "model", "version")
 
-    def __init__(self, model: str, backend: str, version: str | None) -> None:
+    def __init__(self, model: str, backend: str, version: str | None,
+                 device: str | None = None) -> None:
         self.model = model
         self.backend = backend
         self.version = version
+        self.device = device        # passthrough: the host TPM (libvirt's default /dev/tpm0)
 
 
 class Smartcard:
@@ -765,4 +767,8 @@ def _tpm(node: Node) -> Tpm | None:
     _check("tpmbackend", "type", btype)
     version = backend.get("version")
     _check("tpmbackend", "version", version)
-    return Tpm(model, btype or "", version)
+    device = None
+    if btype == "passthrough":
+        dev = backend.find("device")
+        device = (dev.get("path") if dev is not None else None) or "/dev/tpm0"
+    return Tpm(model, btype or "", version, device)

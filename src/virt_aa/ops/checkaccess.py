@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from virt_aa.generate.accesses import Rule
@@ -28,6 +29,12 @@ class CheckError(RuntimeError):
 
 def check(store: Store, vm: VM, generated: list[Rule], path: str,
           perms: str) -> dict[str, Any]:
+    return checker(store, vm, generated)(path, perms)
+
+
+def checker(store: Store, vm: VM, generated: list[Rule]
+            ) -> Callable[[str, str], dict[str, Any]]:
+    """`check` for many accesses: the effective profile is assembled once."""
     try:
         text = vmprofile.render(store, vm.profile, vm.dom.virt_type)
     except TemplateError as exc:
@@ -42,13 +49,15 @@ def check(store: Store, vm: VM, generated: list[Rule], path: str,
             f.write(files_content(render_rules(generated)))
         search = [tmp, store.path("etc/apparmor.d"), "/etc/apparmor.d"]
         rules = effective_rules(p, search, stats)
-        decision = decide(rules, path, perms)
 
     def show(r: Any) -> str:
         return f"{r.text()}  [{r.source.replace(tmp, '<generated>')}]"
 
-    return {"domain": vm.dom.name, "profile": vm.profile, "path": path, "perms": perms,
-            "allowed": decision.allowed, "missing": decision.perms_missing,
-            "allow_rules": [show(r) for r in decision.allow_rules],
-            "deny_rules": [show(r) for r in decision.deny_rules],
-            "rules_considered": len(rules)}
+    def one(path: str, perms: str) -> dict[str, Any]:
+        decision = decide(rules, path, perms)
+        return {"domain": vm.dom.name, "profile": vm.profile, "path": path, "perms": perms,
+                "allowed": decision.allowed, "missing": decision.perms_missing,
+                "allow_rules": [show(r) for r in decision.allow_rules],
+                "deny_rules": [show(r) for r in decision.deny_rules],
+                "rules_considered": len(rules)}
+    return one
