@@ -30,7 +30,7 @@ def expected(name: str) -> dict:  # type: ignore[type-arg]
 
 def test_compare_matches_all_but_deliberate_differences() -> None:
     template = " ".join(shlex.quote(a) for a in helper_argv()) + " -d -r -u {profile}"
-    proc = subprocess.run([sys.executable, str(CORPUS / "compare"), "-q", template],
+    proc = subprocess.run([sys.executable, str(CORPUS / "compare"), "-q", "--strict", template],
                           capture_output=True, text=True, errors="replace", timeout=600,
                           check=False)
     lines = proc.stdout.strip().splitlines()

@@ -10,6 +10,7 @@ exactly where the stock one does.
 
 from __future__ import annotations
 
+from virt_aa.generate.versions import Libvirt, libvirt
 from virt_aa.generate.xmlsafe import Node, XMLError, parse
 from virt_aa.policy.named import Meta, PolicyError, find_metadata, parse_metadata
 
@@ -55,7 +56,20 @@ _ENUMS: dict[tuple[str, str], frozenset[str]] = {
     ("format", "type"): frozenset({"none", "raw", "dir", "bochs", "cloop", "dmg", "iso",
                                    "vpc", "vdi", "fat", "vhd", "ploop", "cow", "qcow",
                                    "qcow2", "qed", "vmdk", "luks", "aio"}),
+    ("launchsecurity", "type"): frozenset({"sev", "s390-pv"}),
+    ("acpitable", "type"): frozenset({"slic"}),
 }
+# Values the emulated version added to these enums (versions.ENUM_SINCE).  Set
+# by parse_domain for the duration of one parse; the generator is one-shot and
+# single-threaded, and this keeps the version out of every small parser below.
+_added: dict[tuple[str, str], frozenset[str]] = {}
+# libvirt's other device elements: none of them gives a file rule in any
+# helper up to 12.8.  A device element outside these and the ones modelled
+# here is reported (never silently dropped): a future one may need a rule.
+RULE_FREE_DEVICES = frozenset({
+    "emulator", "controller", "lease", "sound", "audio", "video", "redirdev",
+    "redirfilter", "hub", "memballoon", "panic", "iommu", "vsock", "nvram", "crypto",
+    "watchdog", "rng"})
 # Characters stock refuses in a domain name; we also refuse control characters.
 _BAD_NAME_CHARS = frozenset('/[]{}?^,"*')
 SMARTCARD_DEFAULT_DB = "/etc/pki/nssdb"
@@ -80,15 +94,17 @@ class Storage:
     and ``()`` when it ends the chain explicitly (``<backingStore/>``).
     """
 
-    __slots__ = ("backing", "format", "path", "readonly", "type")
+    __slots__ = ("backing", "data_file", "format", "path", "readonly", "type")
 
     def __init__(self, type: str, path: str | None, format: str | None,
-                 readonly: bool = False, backing: tuple[Storage, ...] | None = None) -> None:
+                 readonly: bool = False, backing: tuple[Storage, ...] | None = None,
+                 data_file: Storage | None = None) -> None:
         self.type = type          # file, block, dir, network, volume, nvme, vhostuser, none
         self.path = path
         self.format = format
         self.readonly = readonly
         self.backing = backing
+        self.data_file = data_file  # qcow2 external data file given in the XML (>= 10.10)
 
     @property
     def local(self) -> bool:
@@ -96,12 +112,13 @@ class Storage:
 
 
 class Disk:
-    __slots__ = ("device", "source", "target")
+    __slots__ = ("bus", "device", "source", "target")
 
-    def __init__(self, target: str, device: str, source: Storage) -> None:
+    def __init__(self, target: str, device: str, source: Storage, bus: str | None = None) -> None:
         self.target = target
         self.device = device
         self.source = source
+        self.bus = bus
 
 
 class Chardev:
@@ -197,24 +214,25 @@ class Smartcard:
 class Domain:
     """What the rules depend on; built by :func:`parse_domain`."""
 
-    __slots__ = ("arch", "channels", "consoles", "disks", "dtb", "filesystems", "fwcfg_files",
-                 "graphics", "hostdevs", "id", "initrd", "inputs", "interfaces", "kernel",
-                 "loader", "loader_readonly", "meta", "meta_error", "name", "nvdimms",
-                 "nvram", "os_type",
-                 "parallels", "serials", "shmems", "slic_table", "smartcards", "tpms", "uuid",
-                 "virt_type")
+    __slots__ = ("acpi_tables", "arch", "channels", "consoles", "disks", "dtb", "filesystems",
+                 "fwcfg_files", "graphics", "hostdevs", "id", "ignored", "initrd", "inputs",
+                 "interfaces", "kernel", "launch_security", "loader", "loader_readonly",
+                 "loader_type", "memories", "meta", "meta_error", "name", "nvram", "os_type",
+                 "parallels", "pstore", "serials", "shim", "shmems", "smartcards", "tpms",
+                 "uuid", "varstore", "virt_type")
 
     def __init__(self, *, name: str, uuid: str, virt_type: str, os_type: str,
                  arch: str | None = None, id: int = -1, disks: tuple[Disk, ...] = (),
                  serials: tuple[Chardev, ...] = (), consoles: tuple[Chardev, ...] = (),
                  parallels: tuple[Chardev, ...] = (), channels: tuple[Chardev, ...] = (),
                  kernel: str | None = None, initrd: str | None = None,
-                 dtb: str | None = None, slic_table: str | None = None,
+                 dtb: str | None = None, acpi_tables: tuple[str, ...] = (),
                  loader: str | None = None, loader_readonly: bool = False,
                  nvram: Storage | None = None, graphics: tuple[Graphics, ...] = (),
                  hostdevs: tuple[Hostdev, ...] = (),
                  filesystems: tuple[Filesystem, ...] = (), inputs: tuple[str, ...] = (),
-                 interfaces: tuple[Interface, ...] = (), nvdimms: tuple[str, ...] = (),
+                 interfaces: tuple[Interface, ...] = (),
+                 memories: tuple[tuple[str, str | None], ...] = (),
                  fwcfg_files: tuple[str, ...] = (), shmems: tuple[Shmem, ...] = (),
                  tpms: tuple[Tpm, ...] = (), smartcards: tuple[Smartcard, ...] = ()) -> None:
         self.name = name
@@ -231,16 +249,22 @@ class Domain:
         self.kernel = kernel
         self.initrd = initrd
         self.dtb = dtb
-        self.slic_table = slic_table
+        self.acpi_tables = acpi_tables   # paths, in XML order (one slic table before 11.2)
         self.loader = loader
         self.loader_readonly = loader_readonly
+        self.loader_type: str | None = None
+        self.shim: str | None = None
+        self.pstore: str | None = None
+        self.varstore: str | None = None
+        self.launch_security: str | None = None
+        self.ignored: tuple[str, ...] = ()  # device elements virt-aa does not know
         self.nvram = nvram
         self.graphics = graphics
         self.hostdevs = hostdevs
         self.filesystems = filesystems
         self.inputs = inputs
         self.interfaces = interfaces
-        self.nvdimms = nvdimms
+        self.memories = memories      # (model, source path) of every <memory> device
         self.fwcfg_files = fwcfg_files
         self.shmems = shmems
         self.tpms = tpms
@@ -327,20 +351,51 @@ def _as_memory(cell: Node) -> Node:
     return node
 
 
-def valid_disk_name(name: str) -> bool:
-    """libvirt's virDiskNameToIndex: a known prefix, lowercase letters, digits."""
+def disk_index(name: str) -> int:
+    """libvirt's virDiskNameToIndex: ``vda`` -> 0, ``sdaa`` -> 26; -1 if not a disk name."""
     for prefix in ("fd", "hd", "vd", "sd", "xvd", "ubd"):
         if name.startswith(prefix):
             rest = name[len(prefix):]
             break
     else:
-        return False
+        return -1
     letters = len(rest) - len(rest.lstrip("abcdefghijklmnopqrstuvwxyz"))
-    return letters > 0 and all(c in "0123456789" for c in rest[letters:])
+    if not 0 < letters <= 7 or not all(c in "0123456789" for c in rest[letters:]):
+        return -1
+    idx = 0
+    for i, c in enumerate(rest[:letters]):
+        idx = (idx + (1 if i else 0)) * 26 + ord(c) - 97
+    return idx
+
+
+def valid_disk_name(name: str) -> bool:
+    return disk_index(name) >= 0
+
+
+def insert_disk(disks: list[Disk], disk: Disk) -> None:
+    """libvirt's virDomainDiskInsert: next to disks of the same bus, by target index.
+
+    The bus is the XML's ``bus`` attribute as parsed (defaults come later), so
+    disks without one form a single group; this is why stock lists ``sdb``
+    after ``vdc`` when both lack a bus and ``vdc`` comes later.
+    """
+    at = -1
+    index = disk_index(disk.target)
+    for i in range(len(disks) - 1, -1, -1):
+        if disks[i].bus == disk.bus:
+            if disk_index(disks[i].target) > index:
+                at = i
+            elif at == -1:
+                at = i + 1
+    if at == -1:
+        disks.append(disk)
+    else:
+        disks.insert(at, disk)
 
 
 def _check(kind: str, attr: str, value: str | None) -> None:
-    if value is not None and value not in _ENUMS[(kind, attr)]:
+    if value is not None and value not in _ENUMS[(kind, attr)] and \
+            value not in _added.get((kind, attr), ()):
         raise _unparsable(f"unknown {kind} {attr} '{value}'")
 
 
@@ -348,8 +403,11 @@ def _yes(value: str | None) -> bool:
     return value in ("yes", "on")
 
 
-def _storage(node: Node, type_: str, depth: int = 0) -> Storage:
-    """A disk or backingStore element -> Storage (with any explicit chain)."""
+def _storage(node: Node, type_: str, depth: int = 0, data_files: bool = False) -> Storage:
+    """A disk or backingStore element -> Storage (with any explicit chain).
+
+    ``data_files``: the emulated libvirt reads ``<source><dataStore>`` (>= 10.10).
+    """
     src = node.find("source")
     path: str | None = None
     if src is not None:
@@ -374,8 +432,15 @@ def _storage(node: Node, type_: str, depth: int = 0) -> Storage:
             backing = ()
         else:
             _check("disk", "type", btype)
-            backing = (_storage(bs, btype, depth + 1),)
-    return Storage(type_, path or None, fmt, node.find("readonly") is not None, backing)
+            backing = (_storage(bs, btype, depth + 1, data_files),)
+    data_file = None
+    store = src.find("dataStore") if data_files and src is not None else None
+    if store is not None:
+        stype = store.get("type") or "file"
+        _check("disk", "type", stype)
+        data_file = _storage(store, stype, depth)
+    return Storage(type_, path or None, fmt, node.find("readonly") is not None, backing,
+                   data_file)
 
 
 def _chardev(kind: str, node: Node) -> Chardev:
@@ -494,8 +559,12 @@ def _hostdev(node: Node) -> Hostdev | None:
     return Hostdev(type_)
 
 
-def parse_domain(data: bytes) -> Domain:
-    """Parse domain XML bytes; raise :class:`DomainError` as stock would fail."""
+def parse_domain(data: bytes, lv: Libvirt | None = None) -> Domain:
+    """Parse domain XML bytes; raise :class:`DomainError` as stock would fail.
+
+    ``lv`` is the libvirt version whose parser is emulated (default 9.0).
+    """
+    global _added
     try:
         root = parse(data)
     except XMLError as exc:
@@ -529,14 +598,18 @@ def parse_domain(data: bytes) -> Domain:
     if virt_type not in VIRT_TYPES:
         raise DomainError(("error", "unknown virtualization type"),
                           ("error", "could not get VM definition"))
+    lv = lv or libvirt()
+    _added = lv.enums
     try:
-        return _build(root, name, uuid_text, virt_type, os_type, os_node, type_node)
+        return _build(root, name, uuid_text, virt_type, os_type, os_node, lv)
     except DomainError as exc:
         raise DomainError(*exc.lines, ("error", "could not get VM definition")) from None
+    finally:
+        _added = {}
 
 
 def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
-           os_node: Node | None, type_node: Node | None) -> Domain:
+           os_node: Node | None, lv: Libvirt) -> Domain:
     uuid = parse_uuid(uuid_text)
     if uuid is None:
         raise _unparsable(f"malformed uuid '{uuid_text}'")
@@ -546,61 +619,95 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
     if root.get("id") is not None:
         parsed = _int(root.get("id"), 10)
         dom_id = parsed if parsed is not None and parsed >= 0 else -1
-    arch = type_node.get("arch") if type_node is not None else None
-
-    kernel = initrd = dtb = slic = loader = None
-    loader_ro = False
-    nvram: Storage | None = None
+    type_node = os_node.find("type") if os_node is not None else None
+    dom = Domain(name=name, uuid=uuid, virt_type=virt_type, os_type=os_type,
+                 arch=type_node.get("arch") if type_node is not None else None, id=dom_id)
     if os_node is not None:
-        kernel = _text(os_node.find("kernel"))
-        initrd = _text(os_node.find("initrd"))
-        dtb = _text(os_node.find("dtb"))
-        acpi = os_node.find("acpi")
-        for table in acpi.findall("table") if acpi is not None else []:
-            if table.get("type") == "slic":
-                slic = _text(table)
-        lnode = os_node.find("loader")
-        if lnode is not None:
-            loader = _text(lnode)
-            loader_ro = _yes(lnode.get("readonly"))
-        nnode = os_node.find("nvram")
-        if nnode is not None:
-            nvram = _nvram(nnode)
+        _read_os(dom, os_node, lv)
+    # libvirt reads "./devices/disk" etc.: every <devices> block, in document order
+    devices = Node("devices", {})
+    for block in root.findall("devices"):
+        devices.children.extend(block.children)
+    _read_devices(dom, devices, lv)
+    _check_memory(root, devices)
+    sec = root.find("launchSecurity")
+    if sec is not None:
+        dom.launch_security = sec.get("type")
+        _check("launchsecurity", "type", dom.launch_security)
 
-    devices = root.find("devices") or _EMPTY
+    fwcfg: list[str] = []
+    for sysinfo in root.findall("sysinfo"):
+        if sysinfo.get("type") != "fwcfg":
+            continue
+        for entry in sysinfo.findall("entry"):
+            if entry.get("file") is not None:
+                fwcfg.append(entry.get("file") or "")
+    dom.fwcfg_files = tuple(fwcfg)
+    ours = find_metadata(root.find("metadata"), root)
+    if ours is not None:
+        try:
+            dom.meta = parse_metadata(ours)
+        except PolicyError as exc:
+            dom.meta_error = str(exc)
+    return dom
+
+
+def _read_os(dom: Domain, os_node: Node, lv: Libvirt) -> None:
+    dom.kernel = _text(os_node.find("kernel"))
+    dom.initrd = _text(os_node.find("initrd"))
+    dom.dtb = _text(os_node.find("dtb"))
+    if lv.has("shim"):
+        dom.shim = _text(os_node.find("shim"))
+    acpi = os_node.find("acpi")
+    tables = acpi.findall("table") if acpi is not None else []
+    if len(tables) > 1 and not lv.has("acpi-tables"):
+        raise _unparsable("only one acpi table is supported")
+    seen: set[str] = set()
+    paths: list[str] = []
+    for table in tables:
+        ttype = table.get("type") or ""
+        _check("acpitable", "type", ttype)
+        if ttype in seen:
+            raise _unparsable(f"ACPI table type '{ttype}' may only appear once")
+        seen.add(ttype)
+        path = _text(table)
+        if path is not None:
+            paths.append(path)
+    dom.acpi_tables = tuple(paths)
+    lnode = os_node.find("loader")
+    if lnode is not None:
+        dom.loader = _text(lnode)
+        dom.loader_readonly = _yes(lnode.get("readonly"))
+        dom.loader_type = lnode.get("type")
+    nnode = os_node.find("nvram")
+    if nnode is not None:
+        dom.nvram = _nvram(nnode)
+    vnode = os_node.find("varstore")
+    if vnode is not None and lv.has("varstore"):
+        dom.varstore = vnode.get("path") or None
+
+
+def _read_devices(dom: Domain, devices: Node, lv: Libvirt) -> None:
     disks: list[Disk] = []
-    serials: list[Chardev] = []
-    consoles: list[Chardev] = []
-    parallels: list[Chardev] = []
-    channels: list[Chardev] = []
+    chardevs: dict[str, list[Chardev]] = {"serial": [], "console": [], "parallel": [],
+                                          "channel": []}
     graphics: list[Graphics] = []
     hostdevs: list[Hostdev] = []
     filesystems: list[Filesystem] = []
     inputs: list[str] = []
     interfaces: list[Interface] = []
     net_hostdevs: list[Hostdev] = []
-    nvdimms: list[str] = []
+    memories: list[tuple[str, str | None]] = []
     shmems: list[Shmem] = []
     tpms: list[Tpm] = []
     smartcards: list[Smartcard] = []
+    ignored: list[str] = []
     for dev in devices.children:
         tag = dev.tag
         if tag == "disk":
-            dtype = dev.get("type", "file") or "file"
-            _check("disk", "type", dtype)
-            device = dev.get("device", "disk") or "disk"
-            _check("disk", "device", device)
-            target = dev.find("target")
-            tdev = (target.get("dev") or "") if target is not None else ""
-            if not tdev:
-                raise _unparsable("disk without target dev")
-            if dev.find("address") is None and not valid_disk_name(tdev):
-                raise _unparsable(f"unknown disk name '{tdev}' and no address specified")
-            disks.append(Disk(tdev, device, _storage(dev, dtype)))
-        elif tag in ("serial", "console", "parallel", "channel"):
-            chardev = _chardev(tag, dev)
-            {"serial": serials, "console": consoles, "parallel": parallels,
-             "channel": channels}[tag].append(chardev)
+            insert_disk(disks, _disk(dev, lv))
+        elif tag in chardevs:
+            chardevs[tag].append(_chardev(tag, dev))
         elif tag == "graphics":
             graphics.append(_graphics(dev))
         elif tag == "hostdev":
@@ -610,25 +717,18 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
         elif tag == "filesystem":
             filesystems.extend(_filesystem(dev))
         elif tag == "input":
-            itype = dev.get("type")
-            _check("input", "type", itype)
-            src = dev.find("source")
-            if itype in ("passthrough", "evdev") and src is not None:
-                path = src.get("evdev") if itype == "passthrough" else src.get("dev")
-                if path is not None:
-                    inputs.append(path)
+            path = _input(dev)
+            if path is not None:
+                inputs.append(path)
         elif tag == "interface":
-            iface, hd = _interface(dev)
+            iface, hd = _interface(dev, lv)
             interfaces.append(iface)
             if hd is not None:
                 net_hostdevs.append(hd)
         elif tag == "memory":
             model = dev.get("model")
             _check("memory", "model", model)
-            if model == "nvdimm":
-                path = _text(dev.path("source", "path"))
-                if path is not None:
-                    nvdimms.append(path)
+            memories.append((model or "", _text(dev.path("source", "path"))))
         elif tag == "shmem":
             shmems.append(_shmem(dev))
         elif tag == "tpm":
@@ -636,11 +736,7 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
             if tpm is not None:
                 tpms.append(tpm)
         elif tag == "smartcard":
-            mode = dev.get("mode")
-            _check("smartcard", "mode", mode)
-            if mode is None:
-                raise _unparsable("smartcard without mode")
-            smartcards.append(Smartcard(mode, _text(dev.find("database"))))
+            smartcards.append(_smartcard(dev))
         elif tag == "watchdog":
             _check("watchdog", "model", dev.get("model"))
             _check("watchdog", "action", dev.get("action"))
@@ -648,36 +744,56 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
             backend = dev.find("backend")
             if backend is not None:
                 _check("rngbackend", "model", backend.get("model"))
-    _console_compat(os_type, serials, consoles)
-    if len(devices.findall("watchdog")) > 1:
+        elif tag == "pstore":
+            if lv.has("pstore") and dom.pstore is None:
+                dom.pstore = _text(dev.find("path"))
+        elif tag not in RULE_FREE_DEVICES:
+            ignored.append(tag)
+    serials, consoles = chardevs["serial"], chardevs["console"]
+    _console_compat(dom.os_type, serials, consoles)
+    if len(devices.findall("watchdog")) > 1 and not lv.has("watchdog-itco"):
         raise _unparsable("only a single watchdog device is supported")
-    _check_memory(root, devices)
+    dom.disks, dom.serials, dom.consoles = tuple(disks), tuple(serials), tuple(consoles)
+    dom.parallels, dom.channels = tuple(chardevs["parallel"]), tuple(chardevs["channel"])
+    dom.graphics, dom.hostdevs = tuple(graphics), tuple(net_hostdevs + hostdevs)
+    dom.filesystems, dom.inputs = tuple(filesystems), tuple(inputs)
+    dom.interfaces, dom.memories = tuple(interfaces), tuple(memories)
+    dom.shmems, dom.tpms, dom.smartcards = tuple(shmems), tuple(tpms), tuple(smartcards)
+    dom.ignored = tuple(dict.fromkeys(ignored))
 
-    fwcfg: list[str] = []
-    for sysinfo in root.findall("sysinfo"):
-        if sysinfo.get("type") != "fwcfg":
-            continue
-        for entry in sysinfo.findall("entry"):
-            if entry.get("file") is not None:
-                fwcfg.append(entry.get("file") or "")
 
-    dom = Domain(
-        name=name, uuid=uuid, virt_type=virt_type, os_type=os_type, arch=arch, id=dom_id,
-        disks=tuple(disks), serials=tuple(serials), consoles=tuple(consoles),
-        parallels=tuple(parallels), channels=tuple(channels), kernel=kernel,
-        initrd=initrd, dtb=dtb, slic_table=slic, loader=loader, loader_readonly=loader_ro,
-        nvram=nvram, graphics=tuple(graphics),
-        hostdevs=tuple(net_hostdevs + hostdevs),
-        filesystems=tuple(filesystems), inputs=tuple(inputs), interfaces=tuple(interfaces),
-        nvdimms=tuple(nvdimms), fwcfg_files=tuple(fwcfg), shmems=tuple(shmems),
-        tpms=tuple(tpms), smartcards=tuple(smartcards))
-    ours = find_metadata(root.find("metadata"), root)
-    if ours is not None:
-        try:
-            dom.meta = parse_metadata(ours)
-        except PolicyError as exc:
-            dom.meta_error = str(exc)
-    return dom
+def _disk(dev: Node, lv: Libvirt) -> Disk:
+    dtype = dev.get("type", "file") or "file"
+    _check("disk", "type", dtype)
+    device = dev.get("device", "disk") or "disk"
+    _check("disk", "device", device)
+    target = dev.find("target")
+    tdev = (target.get("dev") or "") if target is not None else ""
+    if not tdev:
+        raise _unparsable("disk without target dev")
+    if dev.find("address") is None and not valid_disk_name(tdev):
+        raise _unparsable(f"unknown disk name '{tdev}' and no address specified")
+    source = _storage(dev, dtype, data_files=lv.has("data-file"))
+    if device == "cdrom":  # virDomainDiskDefPostParse: every cdrom is read-only
+        source.readonly = True
+    return Disk(tdev, device, source, target.get("bus") if target is not None else None)
+
+
+def _input(dev: Node) -> str | None:
+    itype = dev.get("type")
+    _check("input", "type", itype)
+    src = dev.find("source")
+    if itype in ("passthrough", "evdev") and src is not None:
+        return src.get("evdev") if itype == "passthrough" else src.get("dev")
+    return None
+
+
+def _smartcard(dev: Node) -> Smartcard:
+    mode = dev.get("mode")
+    _check("smartcard", "mode", mode)
+    if mode is None:
+        raise _unparsable("smartcard without mode")
+    return Smartcard(mode, _text(dev.find("database")))
 
 
 _EMPTY = Node("devices", {})
@@ -722,9 +838,16 @@ def _filesystem(node: Node) -> list[Filesystem]:
                        node.find("readonly") is not None)]
 
 
-def _interface(node: Node) -> tuple[Interface, Hostdev | None]:
+def _interface(node: Node, lv: Libvirt) -> tuple[Interface, Hostdev | None]:
     itype = node.get("type") or ""
     _check("interface", "type", itype)
+    net_backend = node.find("backend")
+    if net_backend is not None and net_backend.get("type") == "passt":
+        if not lv.has("passt-backend"):
+            raise _unparsable("the passt backend is not supported by this libvirt")
+        if itype == "vhostuser" and not lv.has("passt-vhostuser"):
+            raise _unparsable("the passt backend is not supported with interface type "
+                              "'vhostuser'")
     model_node = node.find("model")
     model = model_node.get("type") if model_node is not None else None
     driver_node = node.find("driver")
