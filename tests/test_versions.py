@@ -124,3 +124,33 @@ def test_unknown_device_element_is_named_not_dropped() -> None:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_disk_insert_fast_path_equals_libvirts_algorithm() -> None:
+    """insert_disk's O(1) append for in-order disks gives virDomainDiskInsert's order."""
+    import random
+
+    from virt_aa.generate.domain import Disk, Storage, insert_disk
+
+    def reference(disks: list[Disk], disk: Disk) -> None:
+        at = -1
+        for i in range(len(disks) - 1, -1, -1):
+            if disks[i].bus == disk.bus:
+                if disks[i].index > disk.index:
+                    at = i
+                elif at == -1:
+                    at = i + 1
+        disks.insert(len(disks) if at == -1 else at, disk)
+
+    rng = random.Random(5)
+    for _ in range(300):
+        fast: list[Disk] = []
+        slow: list[Disk] = []
+        tops: dict[str | None, int] = {}
+        for _ in range(rng.randint(1, 12)):
+            name = rng.choice(["vd", "sd", "hd", "fd"]) + rng.choice("abcdz") + \
+                rng.choice(["", "a", "b"])
+            d = Disk(name, "disk", Storage("file", "/x", None), rng.choice([None, "sata"]))
+            insert_disk(fast, d, tops)
+            reference(slow, d)
+        assert [d.target for d in fast] == [d.target for d in slow]

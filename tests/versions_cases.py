@@ -112,6 +112,17 @@ CASES: dict[str, str] = {
                       f"<model type='virtio'/></interface>"),
     "varstore": dom(os=f"<loader readonly='yes' type='pflash' format='raw'>{D}/code.fd</loader>"
                        f"<varstore template='{D}/vars.fd' path='{D}/vs.json'/>"),
+    "data-file-probed-chain": dom(
+        f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        f"<source file='{D}/chain-top.qcow2'/><target dev='vda' bus='virtio'/></disk>"),
+    "hostdev-iommufd": dom(
+        "<hostdev mode='subsystem' type='pci' managed='yes'><driver name='vfio' iommufd='yes'/>"
+        "<source><address domain='0x0000' bus='0x3f' slot='0x1f' function='0x7'/></source>"
+        "</hostdev>"),
+    "hostdev-vfio-group": dom(
+        "<hostdev mode='subsystem' type='pci' managed='yes'><driver name='vfio'/>"
+        "<source><address domain='0x0000' bus='0x3f' slot='0x1f' function='0x7'/></source>"
+        "</hostdev>"),
     "disk-order-by-bus": dom(
         f"<disk type='file'><source file='{D}/a.img'/><target dev='vdb'/></disk>"
         f"<disk type='file'><source file='{D}/b.img'/><target dev='hda'/></disk>"
@@ -145,6 +156,15 @@ def make_files() -> None:
         path = Path(DIR, name)
         if not path.exists():
             path.write_bytes(b"")
+    # a two-layer qcow2 chain, each layer with an external data file (qemu-utils)
+    if not Path(DIR, "chain-top.qcow2").exists():
+        q = ["qemu-img", "create", "-q", "-f", "qcow2"]
+        subprocess.run(q + ["-o", f"data_file={DIR}/chain-base.data",
+                            f"{DIR}/chain-base.qcow2", "1M"], check=True)
+        subprocess.run(q + ["-o", f"data_file={DIR}/chain-top.data", "-b",
+                            f"{DIR}/chain-base.qcow2", "-F", "qcow2",
+                            f"{DIR}/chain-top.qcow2.tmp"], check=True)
+        os.rename(f"{DIR}/chain-top.qcow2.tmp", f"{DIR}/chain-top.qcow2")
 
 
 def argv(args: list[str]) -> list[str]:

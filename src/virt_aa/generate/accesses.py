@@ -198,26 +198,24 @@ class _Collector:
             self.add_path(dev.path, "rw", origin)
 
     def add_storage(self, src: Storage, origin: str, probe: bool) -> None:
-        """A disk (or nvram) and its backing chain: top rw or r, the rest rk."""
+        """A disk (or nvram) and its backing chain: top rw or r, the rest rk.
+
+        Each layer's qcow2 data file follows its image (libvirt >= 10.10).
+        """
         if src.type == "none" or (src.local and not src.path) or \
                 (src.type == "network" and not src.path and src.backing is None):
             return
-        chain: list[tuple[str | None, Storage | None]] = [
-            (src.path if src.local else None, src.data_file)]
+        chain: list[tuple[str | None, str | None]] = [
+            (src.path if src.local else None, _data_path(src.data_file))]
         if src.backing is not None:
             node: Storage | None = src
             while node is not None and node.backing:
                 node = node.backing[0]
                 if node.type == "none":
                     break
-                chain.append((node.path if node.local else None, node.data_file))
+                chain.append((node.path if node.local else None, _data_path(node.data_file)))
         elif probe and src.local and src.path:
-            try:
-                links = images.backing_chain(src.path, src.format, self.host.read_header,
-                                             self._canon_only, self.max_depth)
-            except images.ChainError as exc:
-                raise GenerationError(f"{origin}: {exc}") from None
-            chain.extend((link.path, None) for link in links)
+            chain = self._probed(src, origin, chain[0][1])
         deny = self.storage_deny
         for depth, (path, data) in enumerate(chain):
             if path is not None:
@@ -225,11 +223,33 @@ class _Collector:
                     self.add_path(path, "rk" if src.readonly else "rwk", origin, deny=deny)
                 else:
                     self.add_path(path, "rk", f"{origin} (backing file)", deny=deny)
-            if data is not None and data.local and data.path:
+            if data is not None:
                 # storage_source_add_files: the data store at its image's depth; its
                 # own readonly flag is never set, so a top-level one is writable
-                self.add_path(data.path, "rwk" if depth == 0 else "rk",
-                              f"{origin} (data file)", deny=deny)
+                self.add_path(data, "rwk" if depth == 0 else "rk", f"{origin} (data file)",
+                              deny=deny)
+
+    def _probed(self, src: Storage, origin: str,
+                xml_data: str | None) -> list[tuple[str | None, str | None]]:
+        """The chain read from the image headers, with each layer's data file."""
+        assert src.path is not None
+        files: list[str | None] | None = [] if self.lv.has("data-file") else None
+        try:
+            links = images.backing_chain(src.path, src.format, self.host.read_header,
+                                         self._canon_only, self.max_depth, files)
+        except images.ChainError as exc:
+            raise GenerationError(f"{origin}: {exc}") from None
+        data: list[str | None] = list(files or ())
+        data += [None] * (len(links) + 1 - len(data))
+        if not self.lv.has("data-file-every-layer"):
+            # before 12.1 only the bottom layer's data file survives the probe
+            bottom = data[-1]
+            data = [None for _ in links]
+            data.append(bottom)
+        if xml_data is not None:
+            data[0] = xml_data
+        paths = [src.path] + [link.path for link in links]
+        return list(zip(paths, data, strict=True))
 
     def _canon_only(self, path: str) -> str:
         return self._canonical(path)[0]
@@ -238,6 +258,10 @@ class _Collector:
                 deny: bool = False) -> None:
         self.rules.append(Rule(path, perms, origin, comment=comment, deny=deny,
                                literal=True))
+
+
+def _data_path(store: Storage | None) -> str | None:
+    return store.path if store is not None and store.local and store.path else None
 
 
 def generate(dom: Domain, host: Host, extra_file: str | None = None,
@@ -322,7 +346,7 @@ def add_extra_file(c: _Collector, path: str) -> None:
             c.add_path(path[: -len(suffix)], "rwk", "extra file", suffix=suffix)
             return
     perms = "rwk"
-    if c.lv.has("iommufd-rwm") and (path == "/dev/iommu" or
+    if c.lv.has("iommufd") and (path == "/dev/iommu" or
                                     path.startswith("/dev/vfio/devices/vfio")):
         perms = "rwm"  # 12.1+: IOMMUFD devices are mapped, not locked
     c.add_path(path, perms, "extra file")
@@ -384,7 +408,9 @@ def _hostdevs(c: _Collector, dom: Domain) -> bool:
         elif hd.type == "mdev":
             needs_vfio = True
         elif hd.type == "pci":
-            if hd.pci_backend in ("vfio", "default"):
+            if hd.pci_backend == "vfio" and hd.iommufd and c.lv.has("iommufd"):
+                pass  # 12.1+: QEMU opens /dev/iommu and the cdev (passed as -F), no group
+            elif hd.pci_backend in ("vfio", "default"):
                 needs_vfio = True
             if hd.pci_address is None:
                 continue

@@ -112,10 +112,11 @@ class Storage:
 
 
 class Disk:
-    __slots__ = ("bus", "device", "source", "target")
+    __slots__ = ("bus", "device", "index", "source", "target")
 
     def __init__(self, target: str, device: str, source: Storage, bus: str | None = None) -> None:
         self.target = target
+        self.index = disk_index(target)
         self.device = device
         self.source = source
         self.bus = bus
@@ -148,8 +149,8 @@ class Graphics:
 
 
 class Hostdev:
-    __slots__ = ("origin", "pci_address", "pci_backend", "type", "usb_bus", "usb_device",
-                 "usb_product", "usb_vendor")
+    __slots__ = ("iommufd", "origin", "pci_address", "pci_backend", "type", "usb_bus",
+                 "usb_device", "usb_product", "usb_vendor")
 
     def __init__(self, type: str, pci_address: str | None = None,
                  pci_backend: str = "default", usb_vendor: int | None = None,
@@ -163,6 +164,7 @@ class Hostdev:
         self.usb_bus = usb_bus
         self.usb_device = usb_device
         self.origin = origin
+        self.iommufd = False  # <driver iommufd='yes'/> (PCI)
 
 
 class Filesystem:
@@ -372,18 +374,26 @@ def valid_disk_name(name: str) -> bool:
     return disk_index(name) >= 0
 
 
-def insert_disk(disks: list[Disk], disk: Disk) -> None:
+def insert_disk(disks: list[Disk], disk: Disk, top: dict[str | None, int]) -> None:
     """libvirt's virDomainDiskInsert: next to disks of the same bus, by target index.
 
     The bus is the XML's ``bus`` attribute as parsed (defaults come later), so
     disks without one form a single group; this is why stock lists ``sdb``
-    after ``vdc`` when both lack a bus and ``vdc`` comes later.
+    after ``vdc`` when both lack a bus and ``vdc`` comes later.  ``top`` holds
+    the highest index per bus so far: in-order disks are appended in O(1)
+    (a 500-disk domain would otherwise cost 125,000 comparisons).
     """
+    index = disk.index
+    highest = top.get(disk.bus)
+    if highest is None or (index >= highest and disks[-1].bus == disk.bus):
+        top[disk.bus] = index  # first of its bus, or after the last one: the end
+        disks.append(disk)
+        return
+    top[disk.bus] = max(highest, index)
     at = -1
-    index = disk_index(disk.target)
     for i in range(len(disks) - 1, -1, -1):
         if disks[i].bus == disk.bus:
-            if disk_index(disks[i].target) > index:
+            if disks[i].index > index:
                 at = i
             elif at == -1:
                 at = i + 1
@@ -539,7 +549,9 @@ def _hostdev(node: Node) -> Hostdev | None:
         driver = node.find("driver")
         backend = (driver.get("name") if driver is not None else None) or "default"
         addr = _pci_address(src.find("address") if src is not None else None)
-        return Hostdev("pci", pci_address=addr, pci_backend=backend)
+        hd = Hostdev("pci", pci_address=addr, pci_backend=backend)
+        hd.iommufd = driver is not None and _yes(driver.get("iommufd"))
+        return hd
     if type_ == "usb":
         vendor = src.find("vendor") if src is not None else None
         product = src.find("product") if src is not None else None
@@ -667,7 +679,7 @@ def _read_os(dom: Domain, os_node: Node, lv: Libvirt) -> None:
     for table in tables:
         ttype = table.get("type") or ""
         _check("acpitable", "type", ttype)
-        if ttype in seen:
+        if ttype in seen and ttype != "raw":  # several raw tables are fine
             raise _unparsable(f"ACPI table type '{ttype}' may only appear once")
         seen.add(ttype)
         path = _text(table)
@@ -702,10 +714,11 @@ def _read_devices(dom: Domain, devices: Node, lv: Libvirt) -> None:
     tpms: list[Tpm] = []
     smartcards: list[Smartcard] = []
     ignored: list[str] = []
+    tops: dict[str | None, int] = {}
     for dev in devices.children:
         tag = dev.tag
         if tag == "disk":
-            insert_disk(disks, _disk(dev, lv))
+            insert_disk(disks, _disk(dev, lv), tops)
         elif tag in chardevs:
             chardevs[tag].append(_chardev(tag, dev))
         elif tag == "graphics":
@@ -855,10 +868,10 @@ def _interface(node: Node, lv: Libvirt) -> tuple[Interface, Hostdev | None]:
     vhu: Chardev | None = None
     hostdev: Hostdev | None = None
     src = node.find("source")
-    if itype == "vhostuser" and src is not None:
-        stype = src.get("type", "unix") or "unix"
+    if itype == "vhostuser":  # no <source>: no path, which the helper refuses
+        stype = (src.get("type", "unix") if src is not None else None) or "unix"
         _check("chardev", "type", stype)
-        vhu = Chardev("vhostuser", stype, src.get("path"))
+        vhu = Chardev("vhostuser", stype, src.get("path") if src is not None else None)
     elif itype == "hostdev":
         backend = driver or "default"
         addr = _pci_address(src.find("address") if src is not None else None)

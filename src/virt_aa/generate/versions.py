@@ -34,9 +34,11 @@ SINCE: dict[str, tuple[int, int]] = {
     "acpi-tables": (11, 2),            # ~ every <acpi><table> r (raw, rawset, msdm)
     "loader-writable": (11, 2),        # ~ a loader not marked readonly='yes' gets rwk
     "include-if-exists": (11, 3),      # NEWS 11.3 (AppArmor 2.x dropped)
+    "data-file-every-layer": (12, 1),  # ~ probed chains: every layer's data file (11.x: last)
     "readonly-no-deny": (12, 1),       # no deny w for read-only disks and backing files
     "varstore": (12, 1),               # <varstore path=...> rw
-    "iommufd-rwm": (12, 1),            # -f/-F /dev/iommu, /dev/vfio/devices/* rwm
+    "iommufd": (12, 1),                # -f/-F /dev/iommu, /dev/vfio/devices/* rwm; a vfio
+                                       # hostdev with iommufd='yes' needs no VFIO group
     "rom-readonly": (12, 1),           # ~ a rom loader is read-only whatever it says
     "dev-sev": (12, 1),                # ~ /dev/sev rw for SEV and SEV-SNP
     "tdx": (12, 1),                    # ~ <launchSecurity type='tdx'> (no rule)

@@ -13,6 +13,10 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~8 ms
+if TYPE_CHECKING:
+    from virt_aa.generate.versions import Libvirt
+
 ENV = "VIRT_AA_LIBVIRT_VERSION"
 LIBRARY = "libvirt.so.0"
 
@@ -72,3 +76,14 @@ def detect(environ: dict[str, str] | None = None,
     if note:
         notes.append(note)
     return version, notes
+
+
+def host_libvirt() -> Libvirt:
+    """The installed libvirt's model for the admin commands (notes are the helper's)."""
+    from virt_aa.generate.versions import VersionError, libvirt
+
+    try:
+        version, _notes = detect()
+    except VersionError:
+        version = installed() or (9, 0)
+    return libvirt(version)
