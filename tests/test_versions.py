@@ -154,3 +154,26 @@ def test_disk_insert_fast_path_equals_libvirts_algorithm() -> None:
             insert_disk(fast, d, tops)
             reference(slow, d)
         assert [d.target for d in fast] == [d.target for d in slow]
+
+
+@pytest.mark.parametrize("devices", [
+    "<disk type='block' device='disk'><source dev='/dev/loop6'/></disk>",          # no target
+    "<controller type='pci' index='1' model='pci-bridge'><address type='pci' domain='0x0000' "
+    "bus='0x100' slot='0x05' function='0x0'/></controller>",                      # bus > 0xff
+    "<interface type='user'><address type='pci' domain='0x0000' bus='0x00' slot='0x20' "
+    "function='0x0'/></interface>",                                               # slot > 0x1f
+    "<memballoon model='virtio'><address type='pci' domain='0x0000' bus='0x00' slot='0x1f' "
+    "function='0x8'/></memballoon>",                                              # function > 7
+    "<disk type='block' device='cdrom'><source dev='/dev/loop6'/><target dev='hdc'/></disk>"
+    "<disk type='block' device='floppy'><source dev='/dev/loop5'/><target dev='fda'/></disk>",
+])
+def test_parses_as_the_installed_libvirt_parses(devices: str) -> None:
+    """Accept what 9.0's parser accepts and reject what it rejects, same rules."""
+    from conftest import run_helper
+    from versions_cases import dom
+
+    xml = dom(devices).encode()
+    stock = run_helper(argv([]), xml, stock=True)
+    got = ours(xml.decode(), [], "9.0.0")
+    assert got.returncode == stock.returncode, (got.stderr, stock.stderr)
+    assert rules_of(got.stderr) == rules_of(stock.stderr)

@@ -387,6 +387,9 @@ def _read_devices(dom: Domain, devices: Node, lv: Libvirt) -> None:
     tops: dict[str | None, int] = {}
     for dev in devices.children:
         tag = dev.tag
+        address = dev.find("address")
+        if address is not None and address.get("type") == "pci":
+            _pci_address(address)  # virPCIDeviceAddressParseXML's range checks
         if tag == "disk":
             insert_disk(disks, _disk(dev, lv), tops)
         elif tag in chardevs:
@@ -452,9 +455,8 @@ def _disk(dev: Node, lv: Libvirt) -> Disk:
     _check("disk", "device", device)
     target = dev.find("target")
     tdev = (target.get("dev") or "") if target is not None else ""
-    if not tdev:
-        raise _unparsable("disk without target dev")
-    if dev.find("address") is None and not valid_disk_name(tdev):
+    # no target at all passes libvirt's parser (the helper skips validation)
+    if tdev and dev.find("address") is None and not valid_disk_name(tdev):
         raise _unparsable(f"unknown disk name '{tdev}' and no address specified")
     source = _storage(dev, dtype, data_files=lv.has("data-file"))
     if device == "cdrom":  # virDomainDiskDefPostParse: every cdrom is read-only
