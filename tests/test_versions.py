@@ -166,13 +166,24 @@ def test_disk_insert_fast_path_equals_libvirts_algorithm() -> None:
     "function='0x8'/></memballoon>",                                              # function > 7
     "<disk type='block' device='cdrom'><source dev='/dev/loop6'/><target dev='hdc'/></disk>"
     "<disk type='block' device='floppy'><source dev='/dev/loop5'/><target dev='fda'/></disk>",
+    "<disk type='file'><source file='/tmp/e.img'><encryption format='luks'><secret "
+    "type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption></source>"
+    "<target dev='vda'/><encryption format='luks'><secret type='passphrase' "
+    "uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption></disk>",     # given twice
+    "SMBIOS:a94b4335-6a14-8bc4-d6da-f7ea590b6816",                            # uuid mismatch
+    "SMBIOS:11111111-2222-3333-4444-555555555555",                            # uuid matches
 ])
 def test_parses_as_the_installed_libvirt_parses(devices: str) -> None:
     """Accept what 9.0's parser accepts and reject what it rejects, same rules."""
     from conftest import run_helper
     from versions_cases import dom
 
-    xml = dom(devices).encode()
+    extra = ""
+    if devices.startswith("SMBIOS:"):
+        extra = (f"<sysinfo type='smbios'><system><entry name='uuid'>{devices[7:]}</entry>"
+                 f"</system></sysinfo>")
+        devices = ""
+    xml = dom(devices, extra=extra).encode()
     stock = run_helper(argv([]), xml, stock=True)
     got = ours(xml.decode(), [], "9.0.0")
     assert got.returncode == stock.returncode, (got.stderr, stock.stderr)

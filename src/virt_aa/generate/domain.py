@@ -319,6 +319,8 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
 
     fwcfg: list[str] = []
     for sysinfo in root.findall("sysinfo"):
+        if sysinfo.get("type") == "smbios":
+            _check_smbios_uuid(sysinfo, uuid)
         if sysinfo.get("type") != "fwcfg":
             continue
         for entry in sysinfo.findall("entry"):
@@ -332,6 +334,20 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
         except PolicyError as exc:
             dom.meta_error = str(exc)
     return dom
+
+
+def _check_smbios_uuid(sysinfo: Node, uuid: str) -> None:
+    """virSysinfoSystemParseXML: the SMBIOS system UUID must be the domain's."""
+    system = sysinfo.find("system")
+    for entry in system.findall("entry") if system is not None else []:
+        if entry.get("name") != "uuid":
+            continue
+        given = parse_uuid(entry.text)
+        if given is None:
+            raise _unparsable("malformed <sysinfo> uuid element")
+        if given != uuid:
+            raise _unparsable("UUID mismatch between <uuid> and <sysinfo>")
+        return
 
 
 def _read_os(dom: Domain, os_node: Node, lv: Libvirt) -> None:
@@ -458,6 +474,13 @@ def _disk(dev: Node, lv: Libvirt) -> Disk:
     # no target at all passes libvirt's parser (the helper skips validation)
     if tdev and dev.find("address") is None and not valid_disk_name(tdev):
         raise _unparsable(f"unknown disk name '{tdev}' and no address specified")
+    src = dev.find("source")
+    if src is not None:  # virDomainDiskDefParseXML: one definition only
+        if dtype == "network" and src.find("auth") is not None and \
+                dev.find("auth") is not None:
+            raise _unparsable("an <auth> definition already found for disk source")
+        if src.find("encryption") is not None and dev.find("encryption") is not None:
+            raise _unparsable("an <encryption> definition already found for disk source")
     source = _storage(dev, dtype, data_files=lv.has("data-file"))
     if device == "cdrom":  # virDomainDiskDefPostParse: every cdrom is read-only
         source.readonly = True
