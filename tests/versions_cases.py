@@ -115,6 +115,11 @@ CASES: dict[str, str] = {
     "data-file-probed-chain": dom(
         f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
         f"<source file='{D}/chain-top.qcow2'/><target dev='vda' bus='virtio'/></disk>"),
+    "data-file-of-network-disk": dom(
+        f"<disk type='network' device='disk'><driver name='qemu' type='qcow2'/>"
+        f"<source protocol='nbd' name='vol'><host transport='unix' socket='{D}/nbd.sock'/>"
+        f"<dataStore type='file'><format type='raw'/><source file='{D}/df.raw'/></dataStore>"
+        f"</source><target dev='vda' bus='virtio'/></disk>"),
     "hostdev-iommufd": dom(
         "<hostdev mode='subsystem' type='pci' managed='yes'><driver name='vfio' iommufd='yes'/>"
         "<source><address domain='0x0000' bus='0x3f' slot='0x1f' function='0x7'/></source>"

@@ -1,10 +1,11 @@
 """``virt-aa-helper``: a drop-in, safer replacement for libvirt's helper.
 
 Same command line (including getopt's quirks that libvirt relies on), same
-files, dry-run output, messages and exit codes as libvirt 9.0's helper; see
-``research/libvirt-apparmor.md`` §1.  It runs at every VM start, so it
-imports only what the chosen mode needs: no argparse, no re, no subprocess
-in a dry run.
+files, dry-run output, messages and exit codes as the installed libvirt's
+helper (8.0 to 12.8; :mod:`virt_aa.host.libvirtversion` finds which and
+``VIRT_AA_LIBVIRT_VERSION`` overrides it); see ``libvirt-apparmor.md`` §1.
+It runs at every VM start, so it imports only what the chosen mode needs:
+no argparse, no re, no subprocess in a dry run.
 """
 
 from __future__ import annotations

@@ -203,7 +203,8 @@ class _Collector:
         Each layer's qcow2 data file follows its image (libvirt >= 10.10).
         """
         if src.type == "none" or (src.local and not src.path) or \
-                (src.type == "network" and not src.path and src.backing is None):
+                (src.type == "network" and not src.path and src.backing is None
+                 and src.data_file is None):
             return
         chain: list[tuple[str | None, str | None]] = [
             (src.path if src.local else None, _data_path(src.data_file))]
