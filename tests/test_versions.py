@@ -170,6 +170,9 @@ def test_disk_insert_fast_path_equals_libvirts_algorithm() -> None:
     "type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption></source>"
     "<target dev='vda'/><encryption format='luks'><secret type='passphrase' "
     "uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption></disk>",     # given twice
+    "<controller type='usb' model='none'/><input type='tablet'/>",             # usb disabled
+    "<controller type='usb' model='none'/><input type='mouse' bus='ps2'/>",
+    "<controller type='usb' model='none'/><hub type='usb'/>",
     "SMBIOS:a94b4335-6a14-8bc4-d6da-f7ea590b6816",                            # uuid mismatch
     "SMBIOS:11111111-2222-3333-4444-555555555555",                            # uuid matches
 ])

@@ -451,6 +451,7 @@ def _read_devices(dom: Domain, devices: Node, lv: Libvirt) -> None:
                 dom.pstore = _text(dev.find("path"))
         elif tag not in RULE_FREE_DEVICES:
             ignored.append(tag)
+    _check_usb_none(dom, devices)
     serials, consoles = chardevs["serial"], chardevs["console"]
     _console_compat(dom.os_type, serials, consoles)
     if len(devices.findall("watchdog")) > 1 and not lv.has("watchdog-itco"):
@@ -462,6 +463,38 @@ def _read_devices(dom: Domain, devices: Node, lv: Libvirt) -> None:
     dom.interfaces, dom.memories = tuple(interfaces), tuple(memories)
     dom.shmems, dom.tpms, dom.smartcards = tuple(shmems), tuple(tpms), tuple(smartcards)
     dom.ignored = tuple(dict.fromkeys(ignored))
+
+
+def _input_bus(dom: Domain, dev: Node) -> str:
+    """virDomainInputDefParseXML's bus when the XML gives none."""
+    given = dev.get("bus")
+    if given:
+        return given
+    itype = dev.get("type")
+    if dom.os_type == "hvm":
+        if itype in ("mouse", "keyboard") and dom.arch in (None, "x86_64", "i686"):
+            return "ps2"
+        if dom.arch in ("s390", "s390x") or itype == "passthrough":
+            return "virtio"
+        return "none" if itype == "evdev" else "usb"
+    return "xen" if dom.os_type in ("xen", "xenpvh") else "other"
+
+
+def _check_usb_none(dom: Domain, devices: Node) -> None:
+    """A ``<controller type='usb' model='none'/>`` disables USB: no other USB
+    controller, input, hub or host device (virDomainDefControllersParse & co)."""
+    usb = [c.get("model") for c in devices.findall("controller") if c.get("type") == "usb"]
+    if "none" not in usb:
+        return
+    if len(usb) > 1:
+        raise _unparsable("Can't add another USB controller: USB is disabled for this domain")
+    if any(_input_bus(dom, i) == "usb" for i in devices.findall("input")):
+        raise _unparsable("Can't add USB input device. USB bus is disabled")
+    if any(h.get("type") == "usb" for h in devices.findall("hub")):
+        raise _unparsable("Can't add USB hub: USB is disabled for this domain")
+    if any(h.get("type") == "usb" and h.get("mode", "subsystem") == "subsystem"
+           for h in devices.findall("hostdev")):
+        raise _unparsable("Can't add host USB device: USB is disabled in this host")
 
 
 def _disk(dev: Node, lv: Libvirt) -> Disk:
