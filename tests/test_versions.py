@@ -170,6 +170,10 @@ def test_disk_insert_fast_path_equals_libvirts_algorithm() -> None:
     "type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption></source>"
     "<target dev='vda'/><encryption format='luks'><secret type='passphrase' "
     "uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption></disk>",     # given twice
+    "<disk type='file'><source file='/tmp/l.img'/><target dev='vda'/>"
+    "<boot order='1' loadparm='sys1?'/></disk>",                               # bad loadparm
+    "<disk type='file'><source file='/tmp/l.img'/><target dev='vda'/>"
+    "<boot order='1' loadparm='SYS1. 2'/></disk>",
     "<controller type='usb' model='none'/><input type='tablet'/>",             # usb disabled
     "<controller type='usb' model='none'/><input type='mouse' bus='ps2'/>",
     "<controller type='usb' model='none'/><hub type='usb'/>",

@@ -406,6 +406,9 @@ def _read_devices(dom: Domain, devices: Node, lv: Libvirt) -> None:
         address = dev.find("address")
         if address is not None and address.get("type") == "pci":
             _pci_address(address)  # virPCIDeviceAddressParseXML's range checks
+        boot = dev.find("boot")
+        if boot is not None and boot.get("loadparm") is not None:
+            _check_loadparm(boot.get("loadparm") or "")
         if tag == "disk":
             insert_disk(disks, _disk(dev, lv), tops)
         elif tag in chardevs:
@@ -463,6 +466,18 @@ def _read_devices(dom: Domain, devices: Node, lv: Libvirt) -> None:
     dom.interfaces, dom.memories = tuple(interfaces), tuple(memories)
     dom.shmems, dom.tpms, dom.smartcards = tuple(shmems), tuple(tpms), tuple(smartcards)
     dom.ignored = tuple(dict.fromkeys(ignored))
+
+
+_LOADPARM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789. ")
+
+
+def _check_loadparm(value: str) -> None:
+    """virDomainDeviceLoadparmIsValid: 1 to 8 of [a-zA-Z0-9. ]."""
+    if not 1 <= len(value) <= 8:
+        raise _unparsable(f"loadparm value '{value}' must be between 1 and 8 characters")
+    if not set(value) <= _LOADPARM:
+        raise _unparsable(f"invalid loadparm value '{value}', expecting chars in set of "
+                          f"[a-zA-Z0-9.] and blank spaces")
 
 
 def _input_bus(dom: Domain, dev: Node) -> str:
