@@ -33,7 +33,8 @@ SINCE: dict[str, tuple[int, int]] = {
     "shim": (11, 2),                   # NEWS 11.2: <os><shim> r
     "acpi-tables": (11, 2),            # ~ every <acpi><table> r (raw, rawset, msdm)
     "loader-writable": (11, 2),        # ~ a loader not marked readonly='yes' gets rwk
-    "include-if-exists": (11, 3),      # NEWS 11.3 (AppArmor 2.x dropped)
+    "include-if-exists": (11, 3),      # NEWS 11.3 (AppArmor 2.x dropped); for the record:
+                                       # virt-aa writes it for every version (DESIGN §5)
     "data-file-every-layer": (12, 1),  # ~ probed chains: every layer's data file (11.x: last)
     "readonly-no-deny": (12, 1),       # no deny w for read-only disks and backing files
     "varstore": (12, 1),               # <varstore path=...> rw
