@@ -251,6 +251,33 @@ def test_smartcard_database_checked_and_escaped(tmp_path: Path, sandbox: Path) -
     assert rule == f'"{tmp_path}/db\\,\\*/{{,*}}" rk,'
 
 
+@pytest.mark.parametrize("db", ["/", "//", "/.", "/usr", "/var/.."])
+def test_smartcard_database_reaching_restricted_files_refused(sandbox: Path, db: str) -> None:
+    """Stock writes `"/{,*}" rk,` for a database of `/`: every file directly in /."""
+    sc = f"<smartcard mode='host-certificates'><database>{db}</database></smartcard>"
+    err = refused(domain_xml(sc), sandbox)
+    assert "skipped restricted file" in err
+
+
+def test_devices_of_every_devices_block_are_read(tmp_path: Path, sandbox: Path) -> None:
+    """libvirt reads ./devices/disk from every <devices> block; so must we (and check them)."""
+    img = tmp_path / "second.img"
+    img.write_bytes(b"")
+    xml = domain_xml(disk(str(img))).replace(
+        b"</devices>", b"</devices><devices>"
+        + disk("/etc/shadow").replace("vda", "vdb").encode() + b"</devices>")
+    err = refused(xml, sandbox)
+    assert "/etc/shadow" in err
+    two = domain_xml(disk(str(img))).replace(
+        b"</devices>", b"</devices><devices><serial type='file'><source path='"
+        + str(tmp_path / "s.log").encode() + b"'/></serial></devices>")
+    proc = run_helper(DRY, two)
+    assert proc.returncode == 0, proc.stderr
+    assert f'"{tmp_path}/s.log" rw,' in rules_of(proc.stderr)
+    stock = run_helper(DRY, two, stock=True)
+    assert rules_of(proc.stderr) == rules_of(stock.stderr)
+
+
 def test_extra_file_subtree_suffix_kept_and_rest_escaped(tmp_path: Path) -> None:
     proc = run_helper(DRY + ["-F", f"{tmp_path}/huge*pages/{{,**}}"], domain_xml())
     assert proc.returncode == 0

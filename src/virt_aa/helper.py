@@ -1,10 +1,11 @@
 """``virt-aa-helper``: a drop-in, safer replacement for libvirt's helper.
 
 Same command line (including getopt's quirks that libvirt relies on), same
-files, dry-run output, messages and exit codes as libvirt 9.0's helper; see
-``research/libvirt-apparmor.md`` §1.  It runs at every VM start, so it
-imports only what the chosen mode needs: no argparse, no re, no subprocess
-in a dry run.
+files, dry-run output, messages and exit codes as the installed libvirt's
+helper (8.0 to 12.8; :mod:`virt_aa.host.libvirtversion` finds which and
+``VIRT_AA_LIBVIRT_VERSION`` overrides it); see ``libvirt-apparmor.md`` §1.
+It runs at every VM start, so it imports only what the chosen mode needs:
+no argparse, no re, no subprocess in a dry run.
 """
 
 from __future__ import annotations
@@ -219,11 +220,20 @@ def _generate(opts: Options, out: Output) -> tuple[Domain, str]:
     from virt_aa.generate.accesses import GenerationError, extra_file_rules, fixed_rules, generate
     from virt_aa.generate.domain import DomainError, parse_domain, valid_name
     from virt_aa.generate.profile import render_rules
+    from virt_aa.generate.versions import VersionError, libvirt
     from virt_aa.host.hostfacts import SystemHost
+    from virt_aa.host.libvirtversion import detect
 
+    try:
+        version, notes = detect()
+    except VersionError as exc:
+        raise Fail(("error", str(exc))) from None
+    for note in notes:
+        out.line("warning", note)
+    lv = libvirt(version)
     data = _read_stdin()
     try:
-        dom = parse_domain(data)
+        dom = parse_domain(data, lv)
     except DomainError as exc:
         raise Fail(*exc.lines) from None
     if not valid_name(dom.name):
@@ -233,9 +243,9 @@ def _generate(opts: Options, out: Output) -> tuple[Domain, str]:
                    ("error", "invalid VM definition"))
     host = SystemHost()
     try:
-        gen = generate(dom, host, None if opts.append else opts.newfile)
+        gen = generate(dom, host, None if opts.append else opts.newfile, lv=lv)
         if opts.append and opts.newfile is not None:
-            extra = extra_file_rules(host, opts.newfile)
+            extra = extra_file_rules(host, opts.newfile, lv)
             gen.warnings.extend(extra.warnings)
             rules = extra.rules
         else:
@@ -245,6 +255,9 @@ def _generate(opts: Options, out: Output) -> tuple[Domain, str]:
                    ("error", "invalid VM definition")) from None
     for w in gen.warnings:
         out.line("warning", w)
+    for tag in dom.ignored:
+        out.line("warning", f"<devices><{tag}> is not known to virt-aa: no rule written for "
+                            f"it (libvirt {version[0]}.{version[1]} may need one; see README)")
     return dom, render_rules(rules)
 
 

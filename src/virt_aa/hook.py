@@ -2,7 +2,10 @@
 
 At ``prepare begin`` libvirt has not yet created or replaced the VM's
 profile, so a P written now (template + F include + per-VM include + mode)
-is kept and loaded as-is by stock libvirt's ``virt-aa-helper -r``.  Broken
+is kept and loaded as-is by stock libvirt's ``virt-aa-helper -r``.  The hook
+reads only the domain's identity and our metadata
+(:mod:`virt_aa.generate.identity`): devices are the helper's business, and
+an element the hook does not know must never block a start.  Broken
 per-VM rules refuse the start here, with the file and line, so libvirt
 shows the admin what to fix.  ``migrate``/``restore`` are XML filters: the
 XML goes back unchanged.  Everything else exits 0 at once.  The hook never
@@ -43,19 +46,20 @@ def _err(msg: str) -> int:
 
 def prepare(xml: bytes, name: str, root: str) -> int:
     """Write P for the VM about to start; refuse the start if its rules are broken."""
-    from virt_aa.generate.domain import DomainError, parse_domain, valid_name
+    from virt_aa.generate.domain import DomainError, valid_name
+    from virt_aa.generate.identity import read_identity
     from virt_aa.generate.profile import TemplateError
     from virt_aa.host import vmprofile
     from virt_aa.host.fsutil import read_text, write_atomic
     from virt_aa.host.store import Store, StoreError
 
     try:
-        dom = parse_domain(xml)
+        dom, confined = read_identity(xml)
     except DomainError as exc:
         return _err("cannot read the domain XML: " + "; ".join(m for _, m in exc.lines))
     if dom.name != name or not valid_name(dom.name):
         return _err(f"hook called for {name!r} with the XML of {dom.name!r}")
-    if not dom.is_qemu:
+    if not dom.is_qemu or not confined:
         return 0
     store = Store(root)
     profile = dom.profile_name
@@ -186,12 +190,13 @@ def parser_message(message: str, wrapper: str, local: str) -> str:
 
 def check_incoming(xml: bytes, root: str) -> str | None:
     """An incoming migration: refuse it if its named policies are not here."""
-    from virt_aa.generate.domain import DomainError, parse_domain
+    from virt_aa.generate.domain import DomainError
+    from virt_aa.generate.identity import read_identity
     from virt_aa.host import vmprofile
     from virt_aa.host.store import Store
 
     try:
-        dom = parse_domain(xml)
+        dom, _confined = read_identity(xml)
     except DomainError as exc:
         return "cannot read the domain XML: " + "; ".join(m for _, m in exc.lines)
     _files, _mode, refusals = vmprofile.policy_files(Store(root), dom)

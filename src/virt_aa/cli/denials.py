@@ -166,9 +166,10 @@ def _denials_text(found: Any, rows: Any, warnings: list[str]) -> list[str]:
 def _generated(vm: VM) -> list[Any]:
     from virt_aa.generate.accesses import GenerationError, fixed_rules, generate
     from virt_aa.host.hostfacts import SystemHost
+    from virt_aa.host.libvirtversion import host_libvirt
 
     try:
-        gen = generate(vm.dom, SystemHost())
+        gen = generate(vm.dom, SystemHost(), lv=host_libvirt())
     except GenerationError as exc:
         raise CliError(f"{vm.dom.name}: " + "; ".join(exc.lines)) from None
     return (fixed_rules(vm.dom) if vm.dom.is_qemu else []) + gen.rules

@@ -12,13 +12,14 @@ from virt_aa.ops.manage import ManageError, vm_from_xml
 def cmd_show(args: argparse.Namespace) -> int:
     from virt_aa.generate.accesses import GenerationError, fixed_rules, generate
     from virt_aa.host.hostfacts import SystemHost
+    from virt_aa.host.libvirtversion import host_libvirt
     from virt_aa.ops.manage import list_rules, profile_status
 
     vm = _vm(args, args.domain)
     store = _store(args)
     dom = vm.dom
     try:
-        gen = generate(dom, SystemHost())
+        gen = generate(dom, SystemHost(), lv=host_libvirt())
     except GenerationError as exc:
         raise CliError(f"{dom.name}: " + "; ".join(exc.lines)) from None
     rules = (fixed_rules(dom) if dom.is_qemu else []) + gen.rules

@@ -13,6 +13,7 @@ from __future__ import annotations
 from virt_aa.generate import images
 from virt_aa.generate.domain import SMARTCARD_DEFAULT_DB
 from virt_aa.generate.paths import canonical, escape, has_control, restricted
+from virt_aa.generate.versions import Libvirt, libvirt
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~8 ms
 
@@ -141,9 +142,12 @@ def default_tpm_version(dom: Domain, model: str) -> str:
 class _Collector:
     """Accumulates rules in stock order; applies the path checks to each."""
 
-    def __init__(self, host: Host, max_depth: int) -> None:
+    def __init__(self, host: Host, max_depth: int, lv: Libvirt | None = None) -> None:
         self.host = host
         self.max_depth = max_depth
+        self.lv = lv or libvirt()
+        # 12.1+: read-only disk images and backing files get no "deny w" rule
+        self.storage_deny = not self.lv.has("readonly-no-deny")
         self.rules: list[Rule] = []
         self.warnings: list[str] = []
         self._seen: dict[str, tuple[str, bool]] = {}
@@ -155,7 +159,7 @@ class _Collector:
         return done
 
     def add_path(self, path: str | None, perms: str, origin: str, recursive: bool = False,
-                 suffix: str = "", fatal: bool = True) -> None:
+                 suffix: str = "", fatal: bool = True, deny: bool = True) -> None:
         """Stock's vah_add_path, plus our control-character and escaping rules."""
         if path is None:
             raise GenerationError(f"{origin}: no path given")
@@ -167,11 +171,12 @@ class _Collector:
                                   f"{path!r}")
         canon, exists = self._canonical(path)
         readonly = "w" not in perms
-        deny_write = readonly and "R" not in perms
+        deny_write = readonly and "R" not in perms and deny
         perms = perms.replace("R", "r")
         if not exists:
             self.warnings.append("path does not exist, skipping file type checks")
-        if '"' in canon or restricted(canon, readonly, recursive or bool(suffix)):
+        if '"' in canon or restricted(canon, readonly, recursive or bool(suffix),
+                                      self.lv.firmware_dirs):
             if fatal:
                 raise GenerationError(path, "skipped restricted file")
             self.warnings.append(f"{path}: skipped restricted file")
@@ -193,33 +198,59 @@ class _Collector:
             self.add_path(dev.path, "rw", origin)
 
     def add_storage(self, src: Storage, origin: str, probe: bool) -> None:
-        """A disk (or nvram) and its backing chain: top rw or r, the rest rk."""
+        """A disk (or nvram) and its backing chain: top rw or r, the rest rk.
+
+        Each layer's qcow2 data file follows its image (libvirt >= 10.10).
+        """
         if src.type == "none" or (src.local and not src.path) or \
-                (src.type == "network" and not src.path and src.backing is None):
+                (src.type == "network" and not src.path and src.backing is None
+                 and src.data_file is None):
             return
-        chain: list[tuple[str | None, bool]] = [(src.path if src.local else None, False)]
+        chain: list[tuple[str | None, str | None]] = [
+            (src.path if src.local else None, _data_path(src.data_file))]
         if src.backing is not None:
             node: Storage | None = src
             while node is not None and node.backing:
                 node = node.backing[0]
                 if node.type == "none":
                     break
-                chain.append((node.path if node.local else None, True))
+                chain.append((node.path if node.local else None, _data_path(node.data_file)))
         elif probe and src.local and src.path:
-            try:
-                links = images.backing_chain(src.path, src.format, self.host.read_header,
-                                             self._canon_only, self.max_depth)
-            except images.ChainError as exc:
-                raise GenerationError(f"{origin}: {exc}") from None
-            chain.extend((link.path, True) for link in links)
-        for depth, (path, _backing) in enumerate(chain):
-            if path is None:
-                continue
-            if depth == 0:
-                perms = "rk" if src.readonly else "rwk"
-                self.add_path(path, perms, origin)
-            else:
-                self.add_path(path, "rk", f"{origin} (backing file)")
+            chain = self._probed(src, origin, chain[0][1])
+        deny = self.storage_deny
+        for depth, (path, data) in enumerate(chain):
+            if path is not None:
+                if depth == 0:
+                    self.add_path(path, "rk" if src.readonly else "rwk", origin, deny=deny)
+                else:
+                    self.add_path(path, "rk", f"{origin} (backing file)", deny=deny)
+            if data is not None:
+                # storage_source_add_files: the data store at its image's depth; its
+                # own readonly flag is never set, so a top-level one is writable
+                self.add_path(data, "rwk" if depth == 0 else "rk", f"{origin} (data file)",
+                              deny=deny)
+
+    def _probed(self, src: Storage, origin: str,
+                xml_data: str | None) -> list[tuple[str | None, str | None]]:
+        """The chain read from the image headers, with each layer's data file."""
+        assert src.path is not None
+        files: list[str | None] | None = [] if self.lv.has("data-file") else None
+        try:
+            links = images.backing_chain(src.path, src.format, self.host.read_header,
+                                         self._canon_only, self.max_depth, files)
+        except images.ChainError as exc:
+            raise GenerationError(f"{origin}: {exc}") from None
+        data: list[str | None] = list(files or ())
+        data += [None] * (len(links) + 1 - len(data))
+        if not self.lv.has("data-file-every-layer"):
+            # before 12.1 only the bottom layer's data file survives the probe
+            bottom = data[-1]
+            data = [None for _ in links]
+            data.append(bottom)
+        if xml_data is not None:
+            data[0] = xml_data
+        paths = [src.path] + [link.path for link in links]
+        return list(zip(paths, data, strict=True))
 
     def _canon_only(self, path: str) -> str:
         return self._canonical(path)[0]
@@ -230,10 +261,15 @@ class _Collector:
                                literal=True))
 
 
+def _data_path(store: Storage | None) -> str | None:
+    return store.path if store is not None and store.local and store.path else None
+
+
 def generate(dom: Domain, host: Host, extra_file: str | None = None,
-             max_depth: int = images.DEFAULT_MAX_DEPTH) -> Generated:
-    """All device rules for ``dom`` in stock order (fixed rules excluded)."""
-    c = _Collector(host, max_depth)
+             max_depth: int = images.DEFAULT_MAX_DEPTH, lv: Libvirt | None = None) -> Generated:
+    """All device rules for ``dom`` in stock order (fixed rules excluded), as the
+    helper of libvirt ``lv`` (default 9.0) writes them."""
+    c = _Collector(host, max_depth, lv)
     for disk in dom.disks:
         c.add_storage(disk.source, f"disk {disk.target or disk.device}", probe=True)
     for kind, devs in (("serial", dom.serials), ("console", dom.consoles),
@@ -244,14 +280,7 @@ def generate(dom: Domain, host: Host, extra_file: str | None = None,
                     c.add_path(dev.path, "rw", f"console {i}")
                 else:
                     c.add_chardev(dev, f"{kind} {i}")
-    for label, path in (("kernel", dom.kernel), ("initrd", dom.initrd), ("dtb", dom.dtb),
-                        ("acpi slic table", dom.slic_table)):
-        if path is not None:
-            c.add_path(path, "r", label)
-    if dom.loader is not None:
-        c.add_path(dom.loader, "rk", "loader")
-    if dom.nvram is not None:
-        c.add_storage(dom.nvram, "nvram", probe=False)
+    _boot(c, dom)
     needs_gl = False
     for g in dom.graphics:
         if g.rendernode:
@@ -278,8 +307,7 @@ def generate(dom: Domain, host: Host, extra_file: str | None = None,
     for i, iface in enumerate(dom.interfaces):
         if iface.type == "vhostuser" and iface.vhostuser is not None:
             c.add_chardev(iface.vhostuser, f"interface {i} vhost-user")
-    for path in dom.nvdimms:
-        c.add_path(path, "rw", "memory nvdimm")
+    _memories(c, dom)
     for path in dom.fwcfg_files:
         c.add_path(path, "r", "sysinfo fw_cfg")
     for shm in dom.shmems:
@@ -296,6 +324,8 @@ def generate(dom: Domain, host: Host, extra_file: str | None = None,
             i.model is None or (i.driver != "qemu" and i.model in VIRTIO_MODELS)
             for i in dom.interfaces):
         c.literal("/dev/vhost-net", "rw", "interface (vhost-net)")
+    if dom.launch_security in ("sev", "sev-snp") and c.lv.has("dev-sev"):
+        c.literal("/dev/sev", "rw", f"launchSecurity {dom.launch_security}")
     if needs_vfio:
         c.literal("/dev/vfio/vfio", "rw", "hostdev (vfio)")
         c.literal("/dev/vfio/[0-9]*", "rw", "hostdev (vfio)")
@@ -316,14 +346,56 @@ def add_extra_file(c: _Collector, path: str) -> None:
         if path.endswith(suffix) and len(path) > len(suffix):
             c.add_path(path[: -len(suffix)], "rwk", "extra file", suffix=suffix)
             return
-    c.add_path(path, "rwk", "extra file")
+    perms = "rwk"
+    if c.lv.has("iommufd") and (path == "/dev/iommu" or
+                                    path.startswith("/dev/vfio/devices/vfio")):
+        perms = "rwm"  # 12.1+: IOMMUFD devices are mapped, not locked
+    c.add_path(path, perms, "extra file")
 
 
-def extra_file_rules(host: Host, path: str) -> Generated:
+def extra_file_rules(host: Host, path: str, lv: Libvirt | None = None) -> Generated:
     """Only the -F rule (append mode)."""
-    c = _Collector(host, images.DEFAULT_MAX_DEPTH)
+    c = _Collector(host, images.DEFAULT_MAX_DEPTH, lv)
     add_extra_file(c, path)
     return Generated(c.rules, c.warnings)
+
+
+def loader_perms(dom: Domain, lv: Libvirt) -> str:
+    """9.0: always rk; 11.x: rwk unless readonly='yes'; 12.x: a rom is read-only too."""
+    if not lv.has("loader-writable") or dom.loader_readonly:
+        return "rk"
+    if lv.has("rom-readonly") and dom.loader_type == "rom":
+        return "rk"
+    return "rwk"
+
+
+def _boot(c: _Collector, dom: Domain) -> None:
+    """kernel, initrd, shim, dtb, ACPI tables, pstore, loader, nvram, varstore."""
+    for label, path in (("kernel", dom.kernel), ("initrd", dom.initrd), ("shim", dom.shim),
+                        ("dtb", dom.dtb)):
+        if path is not None:
+            c.add_path(path, "r", label)
+    for path in dom.acpi_tables:
+        c.add_path(path, "r", "acpi table")
+    if dom.pstore is not None:
+        c.add_path(dom.pstore, "rw", "pstore")
+    if dom.loader is not None:
+        c.add_path(dom.loader, loader_perms(dom, c.lv), "loader")
+    if dom.nvram is not None:
+        c.add_storage(dom.nvram, "nvram", probe=False)
+    if dom.varstore is not None:
+        c.add_path(dom.varstore, "rw", "varstore")
+
+
+def _memories(c: _Collector, dom: Domain) -> None:
+    pmem_sgx = c.lv.has("memory-pmem-sgx")
+    for model, path in dom.memories:
+        if model == "nvdimm" or (model == "virtio-pmem" and pmem_sgx):
+            if path is not None:
+                c.add_path(path, "rw", f"memory {model}")
+        elif model == "sgx-epc" and pmem_sgx:
+            c.add_path("/dev/sgx_vepc", "rw", "memory sgx-epc")
+            c.add_path("/dev/sgx_provision", "r", "memory sgx-epc")
 
 
 def _hostdevs(c: _Collector, dom: Domain) -> bool:
@@ -337,7 +409,9 @@ def _hostdevs(c: _Collector, dom: Domain) -> bool:
         elif hd.type == "mdev":
             needs_vfio = True
         elif hd.type == "pci":
-            if hd.pci_backend in ("vfio", "default"):
+            if hd.pci_backend == "vfio" and hd.iommufd and c.lv.has("iommufd"):
+                pass  # 12.1+: QEMU opens /dev/iommu and the cdev (passed as -F), no group
+            elif hd.pci_backend in ("vfio", "default"):
                 needs_vfio = True
             if hd.pci_address is None:
                 continue
@@ -372,10 +446,7 @@ def _smartcards(c: _Collector, dom: Domain) -> None:
         if db is None or db.rstrip("/") == SMARTCARD_DEFAULT_DB:
             c.literal(f"{SMARTCARD_DEFAULT_DB}/{{,*}}", "rk", origin)
             continue
-        # Stock emits the database verbatim; we check and escape it like any path.
-        before = len(c.rules)
-        c.add_path(db, "rk", origin)
-        if len(c.rules) > before:
-            rule = c.rules.pop()
-            c.rules.append(Rule(rule.path.rstrip("/") + "/{,*}", "rk", origin))
+        # Stock emits the database verbatim; we check and escape it like any path,
+        # and check it as the directory grant it is: "/" (-> "/{,*}") is refused.
+        c.add_path(db.rstrip("/") or "/", "rk", origin, suffix="/{,*}", deny=False)
 

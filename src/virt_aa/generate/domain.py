@@ -1,296 +1,49 @@
-"""Domain XML -> a model of what AppArmor rules depend on.
+"""Domain XML -> the model of :mod:`virt_aa.generate.model`, as libvirt parses it.
 
 Only the parts of libvirt's domain schema that change the generated rules
-are modelled, as plain slotted classes: ``dataclasses`` and ``typing``
-cost ~10 ms each to import, and this runs at every VM start.  Where libvirt
-9.0's own parser would refuse a document that matters here (unknown enum
-values, a second serial console, ...) we refuse it too, so the helper fails
-exactly where the stock one does.
+are read.  Where the emulated libvirt's own parser would refuse a document
+that matters here (unknown enum values, a second serial console, ...) we
+refuse it too, so the helper fails exactly where the stock one does.
 """
 
 from __future__ import annotations
 
+from virt_aa.generate import model
+from virt_aa.generate.model import (
+    OS_TYPES,
+    QEMU_TYPES,
+    RULE_FREE_DEVICES,
+    SMARTCARD_DEFAULT_DB,
+    VIRT_TYPES,
+    Chardev,
+    Disk,
+    Domain,
+    DomainError,
+    Filesystem,
+    Graphics,
+    Hostdev,
+    Interface,
+    Shmem,
+    Smartcard,
+    Storage,
+    Tpm,
+    _check,
+    _unparsable,
+    _yes,
+    disk_index,
+    insert_disk,
+    parse_uuid,
+    valid_disk_name,
+    valid_name,
+)
+from virt_aa.generate.versions import Libvirt, libvirt
 from virt_aa.generate.xmlsafe import Node, XMLError, parse
-from virt_aa.policy.named import Meta, PolicyError, find_metadata, parse_metadata
+from virt_aa.policy.named import PolicyError, find_metadata, parse_metadata
 
-# libvirt's enums (9.0.0).  An attribute outside these makes libvirt's parser
-# fail with "could not parse XML", so it does here as well.
-VIRT_TYPES = frozenset({
-    "none", "qemu", "kqemu", "kvm", "xen", "lxc", "uml", "openvz", "test",
-    "vmware", "hyperv", "vbox", "phyp", "parallels", "bhyve", "vz", "hvf"})
-OS_TYPES = frozenset({"hvm", "xen", "linux", "exe", "uml", "xenpvh"})
-QEMU_TYPES = frozenset({"qemu", "kqemu", "kvm"})
-_ENUMS: dict[tuple[str, str], frozenset[str]] = {
-    ("disk", "type"): frozenset({"file", "block", "dir", "network", "volume", "nvme",
-                                 "vhostuser"}),
-    ("disk", "device"): frozenset({"disk", "cdrom", "floppy", "lun"}),
-    ("chardev", "type"): frozenset({"null", "vc", "pty", "dev", "file", "pipe", "stdio",
-                                    "udp", "tcp", "unix", "spicevmc", "spiceport", "nmdm",
-                                    "qemu-vdagent", "dbus"}),
-    ("graphics", "type"): frozenset({"sdl", "vnc", "rdp", "desktop", "spice",
-                                     "egl-headless", "dbus"}),
-    ("hostdev", "mode"): frozenset({"subsystem", "capabilities"}),
-    ("hostdev", "type"): frozenset({"usb", "pci", "scsi", "scsi_host", "mdev",
-                                    "storage", "misc", "net"}),
-    ("mdev", "model"): frozenset({"vfio-pci", "vfio-ccw", "vfio-ap"}),
-    ("filesystem", "type"): frozenset({"mount", "block", "file", "template", "ram", "bind",
-                                       "volume"}),
-    ("fsdriver", "type"): frozenset({"default", "path", "handle", "loop", "nbd", "ploop",
-                                     "virtiofs"}),
-    ("input", "type"): frozenset({"mouse", "tablet", "keyboard", "passthrough", "evdev"}),
-    ("interface", "type"): frozenset({"user", "ethernet", "vhostuser", "server", "client",
-                                      "mcast", "network", "bridge", "internal", "direct",
-                                      "hostdev", "udp", "vdpa", "null", "vds"}),
-    ("memory", "model"): frozenset({"dimm", "nvdimm", "virtio-pmem", "virtio-mem",
-                                    "sgx-epc"}),
-    ("shmem", "model"): frozenset({"ivshmem", "ivshmem-plain", "ivshmem-doorbell"}),
-    ("tpm", "model"): frozenset({"tpm-tis", "tpm-crb", "tpm-spapr", "spapr-tpm-proxy"}),
-    ("tpmbackend", "type"): frozenset({"passthrough", "emulator", "external"}),
-    ("tpmbackend", "version"): frozenset({"1.2", "2.0"}),
-    ("smartcard", "mode"): frozenset({"host", "host-certificates", "passthrough"}),
-    ("watchdog", "model"): frozenset({"i6300esb", "ib700", "diag288"}),
-    ("watchdog", "action"): frozenset({"reset", "shutdown", "poweroff", "pause", "dump",
-                                       "none", "inject-nmi"}),
-    ("rngbackend", "model"): frozenset({"random", "egd", "builtin"}),
-    ("format", "type"): frozenset({"none", "raw", "dir", "bochs", "cloop", "dmg", "iso",
-                                   "vpc", "vdi", "fat", "vhd", "ploop", "cow", "qcow",
-                                   "qcow2", "qed", "vmdk", "luks", "aio"}),
-}
-# Characters stock refuses in a domain name; we also refuse control characters.
-_BAD_NAME_CHARS = frozenset('/[]{}?^,"*')
-SMARTCARD_DEFAULT_DB = "/etc/pki/nssdb"
-
-
-class DomainError(Exception):
-    """The XML cannot be turned into a domain; ``lines`` are (level, message)."""
-
-    def __init__(self, *lines: tuple[str, str]) -> None:
-        super().__init__("; ".join(m for _, m in lines))
-        self.lines = lines
-
-
-def _unparsable(detail: str) -> DomainError:
-    return DomainError(("error", f"could not parse XML: {detail}"))
-
-
-class Storage:
-    """A storage source: a disk's image, one of its backing files, or nvram.
-
-    ``backing`` is None when the XML gives no chain (probe the image headers)
-    and ``()`` when it ends the chain explicitly (``<backingStore/>``).
-    """
-
-    __slots__ = ("backing", "format", "path", "readonly", "type")
-
-    def __init__(self, type: str, path: str | None, format: str | None,
-                 readonly: bool = False, backing: tuple[Storage, ...] | None = None) -> None:
-        self.type = type          # file, block, dir, network, volume, nvme, vhostuser, none
-        self.path = path
-        self.format = format
-        self.readonly = readonly
-        self.backing = backing
-
-    @property
-    def local(self) -> bool:
-        return self.type in ("file", "block", "dir")
-
-
-class Disk:
-    __slots__ = ("device", "shareable", "source", "target")
-
-    def __init__(self, target: str, device: str, source: Storage,
-                 shareable: bool = False) -> None:
-        self.target = target
-        self.device = device
-        self.source = source
-        self.shareable = shareable  # <shareable/>: declared shared with other VMs
-
-
-class Chardev:
-    """serial, console, parallel, channel, or a vhost-user NIC's socket."""
-
-    __slots__ = ("kind", "path", "source_attrs", "target_type", "type")
-
-    def __init__(self, kind: str, type: str, path: str | None, target_type: str | None = None,
-                 source_attrs: tuple[tuple[str, str], ...] = ()) -> None:
-        self.kind = kind
-        self.type = type
-        self.path = path
-        self.target_type = target_type
-        self.source_attrs = source_attrs
-
-
-class Graphics:
-    __slots__ = ("needs_auto_rendernode", "rendernode", "sockets", "type", "xauth")
-
-    def __init__(self, type: str, rendernode: str | None, needs_auto_rendernode: bool,
-                 sockets: tuple[str, ...], xauth: str | None) -> None:
-        self.type = type
-        self.rendernode = rendernode
-        self.needs_auto_rendernode = needs_auto_rendernode
-        self.sockets = sockets
-        self.xauth = xauth
-
-
-class Hostdev:
-    __slots__ = ("origin", "pci_address", "pci_backend", "type", "usb_bus", "usb_device",
-                 "usb_product", "usb_vendor")
-
-    def __init__(self, type: str, pci_address: str | None = None,
-                 pci_backend: str = "default", usb_vendor: int | None = None,
-                 usb_product: int | None = None, usb_bus: int | None = None,
-                 usb_device: int | None = None, origin: str = "hostdev") -> None:
-        self.type = type            # usb, pci, mdev, scsi, scsi_host
-        self.pci_address = pci_address
-        self.pci_backend = pci_backend
-        self.usb_vendor = usb_vendor
-        self.usb_product = usb_product
-        self.usb_bus = usb_bus
-        self.usb_device = usb_device
-        self.origin = origin
-
-
-class Filesystem:
-    __slots__ = ("readonly", "source", "target")
-
-    def __init__(self, source: str, target: str | None, readonly: bool) -> None:
-        self.source = source
-        self.target = target
-        self.readonly = readonly
-
-
-class Interface:
-    __slots__ = ("driver", "model", "type", "vhostuser")
-
-    def __init__(self, type: str, model: str | None, driver: str | None,
-                 vhostuser: Chardev | None) -> None:
-        self.type = type
-        self.model = model
-        self.driver = driver
-        self.vhostuser = vhostuser
-
-
-class Shmem:
-    __slots__ = ("model", "name", "server_path")
-
-    def __init__(self, name: str, model: str, server_path: str | None) -> None:
-        self.name = name
-        self.model = model
-        self.server_path = server_path
-
-
-class Tpm:
-    __slots__ = ("backend", "device", "model", "version")
-
-    def __init__(self, model: str, backend: str, version: str | None,
-                 device: str | None = None) -> None:
-        self.model = model
-        self.backend = backend
-        self.version = version
-        self.device = device        # passthrough: the host TPM (libvirt's default /dev/tpm0)
-
-
-class Smartcard:
-    __slots__ = ("database", "mode")
-
-    def __init__(self, mode: str, database: str | None) -> None:
-        self.mode = mode
-        self.database = database
-
-
-class Domain:
-    """What the rules depend on; built by :func:`parse_domain`."""
-
-    __slots__ = ("arch", "channels", "consoles", "disks", "dtb", "filesystems", "fwcfg_files",
-                 "graphics", "hostdevs", "id", "initrd", "inputs", "interfaces", "kernel",
-                 "loader", "loader_readonly", "meta", "meta_error", "name", "nvdimms",
-                 "nvram", "os_type",
-                 "parallels", "serials", "shmems", "slic_table", "smartcards", "tpms", "uuid",
-                 "virt_type")
-
-    def __init__(self, *, name: str, uuid: str, virt_type: str, os_type: str,
-                 arch: str | None = None, id: int = -1, disks: tuple[Disk, ...] = (),
-                 serials: tuple[Chardev, ...] = (), consoles: tuple[Chardev, ...] = (),
-                 parallels: tuple[Chardev, ...] = (), channels: tuple[Chardev, ...] = (),
-                 kernel: str | None = None, initrd: str | None = None,
-                 dtb: str | None = None, slic_table: str | None = None,
-                 loader: str | None = None, loader_readonly: bool = False,
-                 nvram: Storage | None = None, graphics: tuple[Graphics, ...] = (),
-                 hostdevs: tuple[Hostdev, ...] = (),
-                 filesystems: tuple[Filesystem, ...] = (), inputs: tuple[str, ...] = (),
-                 interfaces: tuple[Interface, ...] = (), nvdimms: tuple[str, ...] = (),
-                 fwcfg_files: tuple[str, ...] = (), shmems: tuple[Shmem, ...] = (),
-                 tpms: tuple[Tpm, ...] = (), smartcards: tuple[Smartcard, ...] = ()) -> None:
-        self.name = name
-        self.uuid = uuid              # canonical lowercase
-        self.virt_type = virt_type
-        self.os_type = os_type
-        self.arch = arch
-        self.id = id
-        self.disks = disks
-        self.serials = serials
-        self.consoles = consoles
-        self.parallels = parallels
-        self.channels = channels
-        self.kernel = kernel
-        self.initrd = initrd
-        self.dtb = dtb
-        self.slic_table = slic_table
-        self.loader = loader
-        self.loader_readonly = loader_readonly
-        self.nvram = nvram
-        self.graphics = graphics
-        self.hostdevs = hostdevs
-        self.filesystems = filesystems
-        self.inputs = inputs
-        self.interfaces = interfaces
-        self.nvdimms = nvdimms
-        self.fwcfg_files = fwcfg_files
-        self.shmems = shmems
-        self.tpms = tpms
-        self.smartcards = smartcards
-        self.meta: Meta | None = None        # virt-aa's <metadata> (named policies, mode)
-        self.meta_error: str | None = None   # why that metadata was refused
-
-    @property
-    def profile_name(self) -> str:
-        return "libvirt-" + self.uuid
-
-    @property
-    def is_qemu(self) -> bool:
-        return self.virt_type in QEMU_TYPES
-
-
-def parse_uuid(text: str) -> str | None:
-    """libvirt's lenient UUID syntax -> canonical lowercase form, or None."""
-    digits = []
-    s = text.strip(" \t\n\r\v\f")
-    for ch in s:
-        if ch in "- ":
-            continue
-        if ch not in "0123456789abcdefABCDEF":
-            return None
-        digits.append(ch.lower())
-    # libvirt reads exactly 16 pairs; separators may only sit between pairs
-    if len(digits) != 32:
-        return None
-    pos = 0
-    for ch in s:
-        if ch in "- ":
-            if pos % 2:
-                return None
-        else:
-            pos += 1
-    h = "".join(digits)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def valid_name(name: str) -> bool:
-    """Stock's forbidden characters, plus control characters (our addition)."""
-    if not name:
-        return False
-    return not any(ch in _BAD_NAME_CHARS or ord(ch) < 0x20 or ch == "\x7f" for ch in name)
-
+__all__ = ["QEMU_TYPES", "SMARTCARD_DEFAULT_DB", "Chardev", "Disk", "Domain", "DomainError",
+           "Filesystem", "Graphics", "Hostdev", "Interface", "Shmem", "Smartcard", "Storage",
+           "Tpm", "disk_index", "insert_disk", "parse_domain", "parse_uuid",
+           "valid_disk_name", "valid_name"]
 
 _SCALES = {"b": 1, "bytes": 1, "kb": 10**3, "k": 2**10, "kib": 2**10, "mb": 10**6,
            "m": 2**20, "mib": 2**20, "gb": 10**9, "g": 2**30, "gib": 2**30, "tb": 10**12,
@@ -331,29 +84,11 @@ def _as_memory(cell: Node) -> Node:
     return node
 
 
-def valid_disk_name(name: str) -> bool:
-    """libvirt's virDiskNameToIndex: a known prefix, lowercase letters, digits."""
-    for prefix in ("fd", "hd", "vd", "sd", "xvd", "ubd"):
-        if name.startswith(prefix):
-            rest = name[len(prefix):]
-            break
-    else:
-        return False
-    letters = len(rest) - len(rest.lstrip("abcdefghijklmnopqrstuvwxyz"))
-    return letters > 0 and all(c in "0123456789" for c in rest[letters:])
+def _storage(node: Node, type_: str, depth: int = 0, data_files: bool = False) -> Storage:
+    """A disk or backingStore element -> Storage (with any explicit chain).
 
-
-def _check(kind: str, attr: str, value: str | None) -> None:
-    if value is not None and value not in _ENUMS[(kind, attr)]:
-        raise _unparsable(f"unknown {kind} {attr} '{value}'")
-
-
-def _yes(value: str | None) -> bool:
-    return value in ("yes", "on")
-
-
-def _storage(node: Node, type_: str, depth: int = 0) -> Storage:
-    """A disk or backingStore element -> Storage (with any explicit chain)."""
+    ``data_files``: the emulated libvirt reads ``<source><dataStore>`` (>= 10.10).
+    """
     src = node.find("source")
     path: str | None = None
     if src is not None:
@@ -378,8 +113,15 @@ def _storage(node: Node, type_: str, depth: int = 0) -> Storage:
             backing = ()
         else:
             _check("disk", "type", btype)
-            backing = (_storage(bs, btype, depth + 1),)
-    return Storage(type_, path or None, fmt, node.find("readonly") is not None, backing)
+            backing = (_storage(bs, btype, depth + 1, data_files),)
+    data_file = None
+    store = src.find("dataStore") if data_files and src is not None else None
+    if store is not None:
+        stype = store.get("type") or "file"
+        _check("disk", "type", stype)
+        data_file = _storage(store, stype, depth)
+    return Storage(type_, path or None, fmt, node.find("readonly") is not None, backing,
+                   data_file)
 
 
 def _chardev(kind: str, node: Node) -> Chardev:
@@ -478,7 +220,9 @@ def _hostdev(node: Node) -> Hostdev | None:
         driver = node.find("driver")
         backend = (driver.get("name") if driver is not None else None) or "default"
         addr = _pci_address(src.find("address") if src is not None else None)
-        return Hostdev("pci", pci_address=addr, pci_backend=backend)
+        hd = Hostdev("pci", pci_address=addr, pci_backend=backend)
+        hd.iommufd = driver is not None and _yes(driver.get("iommufd"))
+        return hd
     if type_ == "usb":
         vendor = src.find("vendor") if src is not None else None
         product = src.find("product") if src is not None else None
@@ -498,8 +242,11 @@ def _hostdev(node: Node) -> Hostdev | None:
     return Hostdev(type_)
 
 
-def parse_domain(data: bytes) -> Domain:
-    """Parse domain XML bytes; raise :class:`DomainError` as stock would fail."""
+def parse_domain(data: bytes, lv: Libvirt | None = None) -> Domain:
+    """Parse domain XML bytes; raise :class:`DomainError` as stock would fail.
+
+    ``lv`` is the libvirt version whose parser is emulated (default 9.0).
+    """
     try:
         root = parse(data)
     except XMLError as exc:
@@ -533,14 +280,18 @@ def parse_domain(data: bytes) -> Domain:
     if virt_type not in VIRT_TYPES:
         raise DomainError(("error", "unknown virtualization type"),
                           ("error", "could not get VM definition"))
+    lv = lv or libvirt()
+    model.use_enums(lv.enums)
     try:
-        return _build(root, name, uuid_text, virt_type, os_type, os_node, type_node)
+        return _build(root, name, uuid_text, virt_type, os_type, os_node, lv)
     except DomainError as exc:
         raise DomainError(*exc.lines, ("error", "could not get VM definition")) from None
+    finally:
+        model.use_enums({})
 
 
 def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
-           os_node: Node | None, type_node: Node | None) -> Domain:
+           os_node: Node | None, lv: Libvirt) -> Domain:
     uuid = parse_uuid(uuid_text)
     if uuid is None:
         raise _unparsable(f"malformed uuid '{uuid_text}'")
@@ -550,62 +301,118 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
     if root.get("id") is not None:
         parsed = _int(root.get("id"), 10)
         dom_id = parsed if parsed is not None and parsed >= 0 else -1
-    arch = type_node.get("arch") if type_node is not None else None
-
-    kernel = initrd = dtb = slic = loader = None
-    loader_ro = False
-    nvram: Storage | None = None
+    type_node = os_node.find("type") if os_node is not None else None
+    dom = Domain(name=name, uuid=uuid, virt_type=virt_type, os_type=os_type,
+                 arch=type_node.get("arch") if type_node is not None else None, id=dom_id)
     if os_node is not None:
-        kernel = _text(os_node.find("kernel"))
-        initrd = _text(os_node.find("initrd"))
-        dtb = _text(os_node.find("dtb"))
-        acpi = os_node.find("acpi")
-        for table in acpi.findall("table") if acpi is not None else []:
-            if table.get("type") == "slic":
-                slic = _text(table)
-        lnode = os_node.find("loader")
-        if lnode is not None:
-            loader = _text(lnode)
-            loader_ro = _yes(lnode.get("readonly"))
-        nnode = os_node.find("nvram")
-        if nnode is not None:
-            nvram = _nvram(nnode)
+        _read_os(dom, os_node, lv)
+    # libvirt reads "./devices/disk" etc.: every <devices> block, in document order
+    devices = Node("devices", {})
+    for block in root.findall("devices"):
+        devices.children.extend(block.children)
+    _read_devices(dom, devices, lv)
+    _check_memory(root, devices)
+    sec = root.find("launchSecurity")
+    if sec is not None:
+        dom.launch_security = sec.get("type")
+        _check("launchsecurity", "type", dom.launch_security)
 
-    devices = root.find("devices") or _EMPTY
+    fwcfg: list[str] = []
+    for sysinfo in root.findall("sysinfo"):
+        if sysinfo.get("type") == "smbios":
+            _check_smbios_uuid(sysinfo, uuid)
+        if sysinfo.get("type") != "fwcfg":
+            continue
+        for entry in sysinfo.findall("entry"):
+            if entry.get("file") is not None:
+                fwcfg.append(entry.get("file") or "")
+    dom.fwcfg_files = tuple(fwcfg)
+    ours = find_metadata(root.find("metadata"), root)
+    if ours is not None:
+        try:
+            dom.meta = parse_metadata(ours)
+        except PolicyError as exc:
+            dom.meta_error = str(exc)
+    return dom
+
+
+def _check_smbios_uuid(sysinfo: Node, uuid: str) -> None:
+    """virSysinfoSystemParseXML: the SMBIOS system UUID must be the domain's."""
+    system = sysinfo.find("system")
+    for entry in system.findall("entry") if system is not None else []:
+        if entry.get("name") != "uuid":
+            continue
+        given = parse_uuid(entry.text)
+        if given is None:
+            raise _unparsable("malformed <sysinfo> uuid element")
+        if given != uuid:
+            raise _unparsable("UUID mismatch between <uuid> and <sysinfo>")
+        return
+
+
+def _read_os(dom: Domain, os_node: Node, lv: Libvirt) -> None:
+    dom.kernel = _text(os_node.find("kernel"))
+    dom.initrd = _text(os_node.find("initrd"))
+    dom.dtb = _text(os_node.find("dtb"))
+    if lv.has("shim"):
+        dom.shim = _text(os_node.find("shim"))
+    acpi = os_node.find("acpi")
+    tables = acpi.findall("table") if acpi is not None else []
+    if len(tables) > 1 and not lv.has("acpi-tables"):
+        raise _unparsable("only one acpi table is supported")
+    seen: set[str] = set()
+    paths: list[str] = []
+    for table in tables:
+        ttype = table.get("type") or ""
+        _check("acpitable", "type", ttype)
+        if ttype in seen and ttype != "raw":  # several raw tables are fine
+            raise _unparsable(f"ACPI table type '{ttype}' may only appear once")
+        seen.add(ttype)
+        path = _text(table)
+        if path is not None:
+            paths.append(path)
+    dom.acpi_tables = tuple(paths)
+    lnode = os_node.find("loader")
+    if lnode is not None:
+        dom.loader = _text(lnode)
+        dom.loader_readonly = _yes(lnode.get("readonly"))
+        dom.loader_type = lnode.get("type")
+    nnode = os_node.find("nvram")
+    if nnode is not None:
+        dom.nvram = _nvram(nnode)
+    vnode = os_node.find("varstore")
+    if vnode is not None and lv.has("varstore"):
+        dom.varstore = vnode.get("path") or None
+
+
+def _read_devices(dom: Domain, devices: Node, lv: Libvirt) -> None:
     disks: list[Disk] = []
-    serials: list[Chardev] = []
-    consoles: list[Chardev] = []
-    parallels: list[Chardev] = []
-    channels: list[Chardev] = []
+    chardevs: dict[str, list[Chardev]] = {"serial": [], "console": [], "parallel": [],
+                                          "channel": []}
     graphics: list[Graphics] = []
     hostdevs: list[Hostdev] = []
     filesystems: list[Filesystem] = []
     inputs: list[str] = []
     interfaces: list[Interface] = []
     net_hostdevs: list[Hostdev] = []
-    nvdimms: list[str] = []
+    memories: list[tuple[str, str | None]] = []
     shmems: list[Shmem] = []
     tpms: list[Tpm] = []
     smartcards: list[Smartcard] = []
+    ignored: list[str] = []
+    tops: dict[str | None, int] = {}
     for dev in devices.children:
         tag = dev.tag
+        address = dev.find("address")
+        if address is not None and address.get("type") == "pci":
+            _pci_address(address)  # virPCIDeviceAddressParseXML's range checks
+        boot = dev.find("boot")
+        if boot is not None and boot.get("loadparm") is not None:
+            _check_loadparm(boot.get("loadparm") or "")
         if tag == "disk":
-            dtype = dev.get("type", "file") or "file"
-            _check("disk", "type", dtype)
-            device = dev.get("device", "disk") or "disk"
-            _check("disk", "device", device)
-            target = dev.find("target")
-            tdev = (target.get("dev") or "") if target is not None else ""
-            if not tdev:
-                raise _unparsable("disk without target dev")
-            if dev.find("address") is None and not valid_disk_name(tdev):
-                raise _unparsable(f"unknown disk name '{tdev}' and no address specified")
-            disks.append(Disk(tdev, device, _storage(dev, dtype),
-                              dev.find("shareable") is not None))
-        elif tag in ("serial", "console", "parallel", "channel"):
-            chardev = _chardev(tag, dev)
-            {"serial": serials, "console": consoles, "parallel": parallels,
-             "channel": channels}[tag].append(chardev)
+            insert_disk(disks, _disk(dev, lv), tops)
+        elif tag in chardevs:
+            chardevs[tag].append(_chardev(tag, dev))
         elif tag == "graphics":
             graphics.append(_graphics(dev))
         elif tag == "hostdev":
@@ -615,25 +422,18 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
         elif tag == "filesystem":
             filesystems.extend(_filesystem(dev))
         elif tag == "input":
-            itype = dev.get("type")
-            _check("input", "type", itype)
-            src = dev.find("source")
-            if itype in ("passthrough", "evdev") and src is not None:
-                path = src.get("evdev") if itype == "passthrough" else src.get("dev")
-                if path is not None:
-                    inputs.append(path)
+            path = _input(dev)
+            if path is not None:
+                inputs.append(path)
         elif tag == "interface":
-            iface, hd = _interface(dev)
+            iface, hd = _interface(dev, lv)
             interfaces.append(iface)
             if hd is not None:
                 net_hostdevs.append(hd)
         elif tag == "memory":
             model = dev.get("model")
             _check("memory", "model", model)
-            if model == "nvdimm":
-                path = _text(dev.path("source", "path"))
-                if path is not None:
-                    nvdimms.append(path)
+            memories.append((model or "", _text(dev.path("source", "path"))))
         elif tag == "shmem":
             shmems.append(_shmem(dev))
         elif tag == "tpm":
@@ -641,11 +441,7 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
             if tpm is not None:
                 tpms.append(tpm)
         elif tag == "smartcard":
-            mode = dev.get("mode")
-            _check("smartcard", "mode", mode)
-            if mode is None:
-                raise _unparsable("smartcard without mode")
-            smartcards.append(Smartcard(mode, _text(dev.find("database"))))
+            smartcards.append(_smartcard(dev))
         elif tag == "watchdog":
             _check("watchdog", "model", dev.get("model"))
             _check("watchdog", "action", dev.get("action"))
@@ -653,36 +449,108 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
             backend = dev.find("backend")
             if backend is not None:
                 _check("rngbackend", "model", backend.get("model"))
-    _console_compat(os_type, serials, consoles)
-    if len(devices.findall("watchdog")) > 1:
+        elif tag == "pstore":
+            if lv.has("pstore") and dom.pstore is None:
+                dom.pstore = _text(dev.find("path"))
+        elif tag not in RULE_FREE_DEVICES:
+            ignored.append(tag)
+    _check_usb_none(dom, devices)
+    serials, consoles = chardevs["serial"], chardevs["console"]
+    _console_compat(dom.os_type, serials, consoles)
+    if len(devices.findall("watchdog")) > 1 and not lv.has("watchdog-itco"):
         raise _unparsable("only a single watchdog device is supported")
-    _check_memory(root, devices)
+    dom.disks, dom.serials, dom.consoles = tuple(disks), tuple(serials), tuple(consoles)
+    dom.parallels, dom.channels = tuple(chardevs["parallel"]), tuple(chardevs["channel"])
+    dom.graphics, dom.hostdevs = tuple(graphics), tuple(net_hostdevs + hostdevs)
+    dom.filesystems, dom.inputs = tuple(filesystems), tuple(inputs)
+    dom.interfaces, dom.memories = tuple(interfaces), tuple(memories)
+    dom.shmems, dom.tpms, dom.smartcards = tuple(shmems), tuple(tpms), tuple(smartcards)
+    dom.ignored = tuple(dict.fromkeys(ignored))
 
-    fwcfg: list[str] = []
-    for sysinfo in root.findall("sysinfo"):
-        if sysinfo.get("type") != "fwcfg":
-            continue
-        for entry in sysinfo.findall("entry"):
-            if entry.get("file") is not None:
-                fwcfg.append(entry.get("file") or "")
 
-    dom = Domain(
-        name=name, uuid=uuid, virt_type=virt_type, os_type=os_type, arch=arch, id=dom_id,
-        disks=tuple(disks), serials=tuple(serials), consoles=tuple(consoles),
-        parallels=tuple(parallels), channels=tuple(channels), kernel=kernel,
-        initrd=initrd, dtb=dtb, slic_table=slic, loader=loader, loader_readonly=loader_ro,
-        nvram=nvram, graphics=tuple(graphics),
-        hostdevs=tuple(net_hostdevs + hostdevs),
-        filesystems=tuple(filesystems), inputs=tuple(inputs), interfaces=tuple(interfaces),
-        nvdimms=tuple(nvdimms), fwcfg_files=tuple(fwcfg), shmems=tuple(shmems),
-        tpms=tuple(tpms), smartcards=tuple(smartcards))
-    ours = find_metadata(root.find("metadata"), root)
-    if ours is not None:
-        try:
-            dom.meta = parse_metadata(ours)
-        except PolicyError as exc:
-            dom.meta_error = str(exc)
-    return dom
+_LOADPARM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789. ")
+
+
+def _check_loadparm(value: str) -> None:
+    """virDomainDeviceLoadparmIsValid: 1 to 8 of [a-zA-Z0-9. ]."""
+    if not 1 <= len(value) <= 8:
+        raise _unparsable(f"loadparm value '{value}' must be between 1 and 8 characters")
+    if not set(value) <= _LOADPARM:
+        raise _unparsable(f"invalid loadparm value '{value}', expecting chars in set of "
+                          f"[a-zA-Z0-9.] and blank spaces")
+
+
+def _input_bus(dom: Domain, dev: Node) -> str:
+    """virDomainInputDefParseXML's bus when the XML gives none."""
+    given = dev.get("bus")
+    if given:
+        return given
+    itype = dev.get("type")
+    if dom.os_type == "hvm":
+        if itype in ("mouse", "keyboard") and dom.arch in (None, "x86_64", "i686"):
+            return "ps2"
+        if dom.arch in ("s390", "s390x") or itype == "passthrough":
+            return "virtio"
+        return "none" if itype == "evdev" else "usb"
+    return "xen" if dom.os_type in ("xen", "xenpvh") else "other"
+
+
+def _check_usb_none(dom: Domain, devices: Node) -> None:
+    """A ``<controller type='usb' model='none'/>`` disables USB: no other USB
+    controller, input, hub or host device (virDomainDefControllersParse & co)."""
+    usb = [c.get("model") for c in devices.findall("controller") if c.get("type") == "usb"]
+    if "none" not in usb:
+        return
+    if len(usb) > 1:
+        raise _unparsable("Can't add another USB controller: USB is disabled for this domain")
+    if any(_input_bus(dom, i) == "usb" for i in devices.findall("input")):
+        raise _unparsable("Can't add USB input device. USB bus is disabled")
+    if any(h.get("type") == "usb" for h in devices.findall("hub")):
+        raise _unparsable("Can't add USB hub: USB is disabled for this domain")
+    if any(h.get("type") == "usb" and h.get("mode", "subsystem") == "subsystem"
+           for h in devices.findall("hostdev")):
+        raise _unparsable("Can't add host USB device: USB is disabled in this host")
+
+
+def _disk(dev: Node, lv: Libvirt) -> Disk:
+    dtype = dev.get("type", "file") or "file"
+    _check("disk", "type", dtype)
+    device = dev.get("device", "disk") or "disk"
+    _check("disk", "device", device)
+    target = dev.find("target")
+    tdev = (target.get("dev") or "") if target is not None else ""
+    # no target at all passes libvirt's parser (the helper skips validation)
+    if tdev and dev.find("address") is None and not valid_disk_name(tdev):
+        raise _unparsable(f"unknown disk name '{tdev}' and no address specified")
+    src = dev.find("source")
+    if src is not None:  # virDomainDiskDefParseXML: one definition only
+        if dtype == "network" and src.find("auth") is not None and \
+                dev.find("auth") is not None:
+            raise _unparsable("an <auth> definition already found for disk source")
+        if src.find("encryption") is not None and dev.find("encryption") is not None:
+            raise _unparsable("an <encryption> definition already found for disk source")
+    source = _storage(dev, dtype, data_files=lv.has("data-file"))
+    if device == "cdrom":  # virDomainDiskDefPostParse: every cdrom is read-only
+        source.readonly = True
+    return Disk(tdev, device, source, target.get("bus") if target is not None else None,
+                dev.find("shareable") is not None)
+
+
+def _input(dev: Node) -> str | None:
+    itype = dev.get("type")
+    _check("input", "type", itype)
+    src = dev.find("source")
+    if itype in ("passthrough", "evdev") and src is not None:
+        return src.get("evdev") if itype == "passthrough" else src.get("dev")
+    return None
+
+
+def _smartcard(dev: Node) -> Smartcard:
+    mode = dev.get("mode")
+    _check("smartcard", "mode", mode)
+    if mode is None:
+        raise _unparsable("smartcard without mode")
+    return Smartcard(mode, _text(dev.find("database")))
 
 
 _EMPTY = Node("devices", {})
@@ -727,9 +595,16 @@ def _filesystem(node: Node) -> list[Filesystem]:
                        node.find("readonly") is not None)]
 
 
-def _interface(node: Node) -> tuple[Interface, Hostdev | None]:
+def _interface(node: Node, lv: Libvirt) -> tuple[Interface, Hostdev | None]:
     itype = node.get("type") or ""
     _check("interface", "type", itype)
+    net_backend = node.find("backend")
+    if net_backend is not None and net_backend.get("type") == "passt":
+        if not lv.has("passt-backend"):
+            raise _unparsable("the passt backend is not supported by this libvirt")
+        if itype == "vhostuser" and not lv.has("passt-vhostuser"):
+            raise _unparsable("the passt backend is not supported with interface type "
+                              "'vhostuser'")
     model_node = node.find("model")
     model = model_node.get("type") if model_node is not None else None
     driver_node = node.find("driver")
@@ -737,10 +612,10 @@ def _interface(node: Node) -> tuple[Interface, Hostdev | None]:
     vhu: Chardev | None = None
     hostdev: Hostdev | None = None
     src = node.find("source")
-    if itype == "vhostuser" and src is not None:
-        stype = src.get("type", "unix") or "unix"
+    if itype == "vhostuser":  # no <source>: no path, which the helper refuses
+        stype = (src.get("type", "unix") if src is not None else None) or "unix"
         _check("chardev", "type", stype)
-        vhu = Chardev("vhostuser", stype, src.get("path"))
+        vhu = Chardev("vhostuser", stype, src.get("path") if src is not None else None)
     elif itype == "hostdev":
         backend = driver or "default"
         addr = _pci_address(src.find("address") if src is not None else None)

@@ -134,7 +134,11 @@ def _contains(directory: str, entry: str) -> bool:
     return base.startswith(directory + "/")
 
 
-def restricted(path: str, readonly: bool, recursive: bool = False) -> bool:
+_MORE_RW: dict[tuple[str, ...], _Entries] = {}
+
+
+def restricted(path: str, readonly: bool, recursive: bool = False,
+               more_rw: tuple[str, ...] = ()) -> bool:
     """Whether ``path`` (canonical) may not be granted with these permissions.
 
     Stock's order: overrides win, then read-only access to the restricted_rw
@@ -148,6 +152,10 @@ def restricted(path: str, readonly: bool, recursive: bool = False) -> bool:
         return True
     if readonly and _RW.covers(path):
         return False
+    if readonly and more_rw:  # firmware directories newer libvirts allow read-only
+        more = _MORE_RW.get(more_rw) or _MORE_RW.setdefault(more_rw, _Entries(more_rw))
+        if more.covers(path):
+            return False
     if _NEVER.covers(path):
         return True
     if recursive:

@@ -19,6 +19,7 @@ from virt_aa.generate.profile import TemplateError
 from virt_aa.host import apparmor, vmprofile
 from virt_aa.host.fsutil import read_text, write_atomic
 from virt_aa.host.journal import Journal
+from virt_aa.host.libvirtversion import host_libvirt
 from virt_aa.host.store import MODES, Store, StoreError
 from virt_aa.policy.localrules import (
     PROVENANCE,
@@ -71,7 +72,7 @@ class VM:
 
 def vm_from_xml(xml: bytes, running: bool | None = None, source: str = "XML") -> VM:
     try:
-        return VM(parse_domain(xml), running)
+        return VM(parse_domain(xml, host_libvirt()), running)
     except DomainError as exc:
         raise ManageError(f"{source}: " + "; ".join(m for _, m in exc.lines)) from None
 

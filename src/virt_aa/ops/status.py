@@ -8,6 +8,7 @@ from typing import Any
 from virt_aa.generate.domain import DomainError, parse_domain
 from virt_aa.host import apparmor, vmprofile
 from virt_aa.host.fsutil import read_text, unlink_quiet
+from virt_aa.host.libvirtversion import host_libvirt
 from virt_aa.host.store import Store
 from virt_aa.policy.localrules import parse_file
 
@@ -53,7 +54,7 @@ def collect(store: Store, uri: str | None) -> dict[str, Any]:
         on_disk = read_text(store.profile(profile))
         row["profile_on_disk"] = on_disk is not None
         try:
-            dom = parse_domain(d.XMLDesc(0).encode())
+            dom = parse_domain(d.XMLDesc(0).encode(), host_libvirt())
         except DomainError:
             dom = None
         if on_disk is not None:

@@ -118,6 +118,7 @@ _SIZE_FIELD = {
 _BIG_ENDIAN = frozenset(("cow", "qcow", "qcow2"))
 
 _QCOW2_EXT_BACKING_FORMAT = 0xE2792ACA
+_QCOW2_EXT_DATA_FILE = 0x44415441
 _QED_F_BACKING_FILE = 0x01
 _QED_F_BACKING_FORMAT_NO_PROBE = 0x04
 _U64_MAX = (1 << 64) - 1
@@ -287,6 +288,36 @@ def _inspect(fmt: str, data: bytes) -> tuple[bool, _Backing | None]:
     return True, backing
 
 
+def qcow2_data_file(data: bytes) -> str | None:
+    """The external data file a qcow2 v3 header names (extension "DATA"), if any.
+
+    libvirt >= 10.10 reads it (qcow2GetExtensions) and grants it after its image.
+    """
+    n = min(len(data), HEADER_BYTES)
+    if n < 104 or data[:4] != b"QFI\xfb" or _u32(data, 4) < 3:
+        return None
+    backing_off = _u64(data, 8)
+    end = backing_off if 0 < backing_off <= n else n
+    off = _u32(data, 100)
+    while off < n - 8 and off < end - 8:
+        magic, length = struct.unpack_from(">II", data, off)
+        off += 8
+        if magic == 0 or off + length > n:
+            return None
+        if magic == _QCOW2_EXT_DATA_FILE:
+            name = _cstr(data[off:off + length])
+            return os.fsdecode(name) if name else None
+        off += (length + 7) & ~7
+    return None
+
+
+def data_file_path(image: str, name: str) -> str:
+    """A data file name as recorded in ``image``: relative names sit beside it."""
+    if name.startswith("/"):
+        return name
+    return os.path.join(os.path.dirname(image), name)
+
+
 def backing_of(fmt: str, data: bytes) -> tuple[str, str | None] | None:
     """Backing name and recorded backing format from a header of format ``fmt``.
 
@@ -319,6 +350,7 @@ def backing_chain(
     read_header: Callable[[str], bytes | None],
     canonical: Callable[[str], str],
     max_depth: int = DEFAULT_MAX_DEPTH,
+    data_files: list[str | None] | None = None,
 ) -> list[BackingLink]:
     """Backing images of ``path`` (excluding ``path`` itself), nearest first, stock semantics.
 
@@ -332,6 +364,8 @@ def backing_chain(
     data = read_header(path)
     if data is None:
         return []
+    if data_files is not None:  # the top image's, then one per link (same I/O)
+        data_files.append(_data_file(path, fmt, data))
     usable, backing = _inspect(fmt, data)
     if not usable or backing is None:
         return []
@@ -358,10 +392,17 @@ def backing_chain(
             raise ChainError(f"backing chain of {path!r} is deeper than {max_depth} images")
         seen.add(key)
         links.append(BackingLink(child, child_fmt))
+        if data_files is not None:
+            data_files.append(_data_file(child, child_fmt, data))
         if own is None:
             break
         backing = own
     return links
+
+
+def _data_file(path: str, fmt: str | None, data: bytes) -> str | None:
+    name = qcow2_data_file(data) if fmt == "qcow2" else None
+    return data_file_path(path, name) if name else None
 
 
 # ---------------------------------------------------------------------------- I/O
