@@ -211,3 +211,45 @@ def test_stopped_vm_whole_profile_checked_before_storing(root: Path) -> None:
     assert "conflicting x modifiers" in line
     assert local_of(root, "vm-stopped").read_bytes() == stored
     assert not (root / f"etc/apparmor.d/libvirt/libvirt-{_uuid('vm-stopped')}").exists()
+
+
+def test_host_report_shows_declared_sharing_as_such(tmp_path: Path) -> None:
+    """Two domains with a <shareable/> disk and a common read-only image: shared, not
+    a breach (exit 0); a third whose XML shares the whole pool reaches both (exit 1)."""
+    shared = disk("/srv/pool/shared.raw", "<shareable/>", "vdb")
+    ro = ("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+          "<source file='/srv/pool/common.iso'/><target dev='vdc' bus='virtio'/>"
+          "<readonly/></disk>")
+    doms = [dom_xml("a", A, disk("/srv/pool/a.raw") + shared + ro),
+            dom_xml("b", B, disk("/srv/pool/b.raw") + shared + ro)]
+    node = tmp_path / "node.xml"
+
+    def write(extra: list[bytes]) -> str:
+        node.write_bytes(b"<node>" + b"".join(doms + extra) + b"</node>")
+        return f"test://{node}"
+
+    root = tmp_path / "root"
+    make_sandbox(root)
+
+    def report(uri: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+        proc = subprocess.run(cli_argv() + ["--root", str(root), "-c", uri, "status",
+                                            "--isolation", "--json"],
+                              capture_output=True, text=True, env=_env(), check=False)
+        assert proc.returncode in (0, 1), proc.stderr
+        return proc.returncode, json.loads(proc.stdout)
+
+    rc, rep = report(write([]))
+    rows = rep["reaches"]
+    assert rc == 0 and rep["breaches"] == 0, rows
+    assert {(r["domain"], r["other"], r["file"]) for r in rows} == {
+        ("a", "b", "/srv/pool/shared.raw"), ("b", "a", "/srv/pool/shared.raw"),
+        ("a", "b", "/srv/pool/common.iso"), ("b", "a", "/srv/pool/common.iso")}
+    assert all(r["declared"] and r["via"] == "generated rule" for r in rows)
+
+    share = ("<filesystem type='mount' accessmode='mapped'><source dir='/srv/pool'/>"
+             "<target dir='pool'/></filesystem>")
+    rc, rep = report(write([dom_xml("c", "33333333-3333-3333-3333-333333333333", share)]))
+    bad = [r for r in rep["reaches"] if not r["declared"]]
+    assert rc == 1
+    assert {(r["domain"], r["other"]) for r in bad} == {("c", "a"), ("c", "b")}
+    assert all(r["via"] == "generated rule" for r in bad)

@@ -22,6 +22,7 @@ from virt_aa.ops.manage import (
     invoking_user,
     now,
     remember,
+    repair,
 )
 from virt_aa.policy.isolation import Reach
 from virt_aa.policy.localrules import grants_restricted, parse_file, parse_rule
@@ -223,8 +224,10 @@ def attach(store: Store, vm: VM, name: str, setter: Any,
     meta = attached(vm)
     ref = Ref(name, info["sha256"])
     if ref in meta.refs:
+        with store:
+            fixed = repair(store, vm)
         return {"domain": vm.dom.name, "policy": name, "changed": False,
-                "status": "already attached"}
+                "status": "already attached" + fixed}
     bad = _isolate_policy(info["text"], vm.dom, vm.host_domains(), force)
     new = with_policy(meta, ref)
     before = vm.dom.meta

@@ -267,8 +267,7 @@ def allow(store: Store, vm: VM, rules: list[str], comment: str = "", force: bool
             fresh.append(LocalRule(p.text, fields))
         if not fresh:
             return {"added": [], "status": "already allowed: nothing changed" +
-                    _repair(store, vm, [r for r in existing if r.id in
-                                        {rule_id(p.text) for p in parsed}])}
+                    repair(store, vm)}
         _isolate(vm, fresh, files, force)
         if not text.strip():
             text = render_file(vm.dom.name, vm.uuid, [])
@@ -329,11 +328,12 @@ def remember(store: Store, uuid: str, key: str) -> None:
     keep(store, uuid, key)
 
 
-def _repair(store: Store, vm: VM, present: list[LocalRule]) -> str:
-    """After a crash between the steps of an earlier change: finish what it left.
+def repair(store: Store, vm: VM) -> str:
+    """When a command finds nothing to change: re-apply P if it is stale.
 
-    The journal has already rolled back a change that was not complete, so
-    this only re-applies P when it is stale (hand edits, upgrades).
+    The journal has already rolled back any change a dead process left half
+    done; P can still lag behind (hand edits, upgrades, an attach whose
+    libvirt metadata -- outside the journal -- was set before a crash).
     """
     path = store.profile(vm.profile)
     on_disk = read_text(path)
@@ -384,7 +384,7 @@ def set_mode(store: Store, vm: VM, mode: str, why: str = "") -> dict[str, Any]:
         if settings.get("mode") == mode and settings.get("name") == vm.dom.name:
             return {"mode": mode, "previous": before,
                     "status": f"already in {mode} mode: nothing changed" +
-                    _repair(store, vm, [])}
+                    repair(store, vm)}
         status = _transaction(store, vm, None, mode, [{
             "time": now(), "user": invoking_user(), "action": mode, "domain": vm.dom.name,
             "from": before, "why": _clean(why)}])
