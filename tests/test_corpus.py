@@ -145,3 +145,17 @@ def test_every_accepted_corpus_domain_compiles(corpus_images: Path, sandbox: Pat
         assert check.returncode == 0, (name, check.stderr)
         compiled += 1
     print(f"compiled {compiled} corpus profiles with apparmor_parser")
+
+
+@pytest.mark.parametrize("corpus", ["domains", "newer"])
+def test_recorder_reproduces_the_host_recording(corpus: str) -> None:
+    """The recorder run with this host's real 9.0 helper gives back the committed
+    9.0 recording, entry for entry (setup.sh installs the same libvirt)."""
+    oracle.prepare(corpus)
+    again = oracle.run_corpus(CORPUS / corpus, oracle.stock_runner("host"))
+    recorded = oracle.load("9.0.0", corpus)["domains"]
+    assert isinstance(recorded, dict)
+    keys = ("sha256", "args", "exit", "stdout", "stderr", "rules")
+    differ = [n for n in recorded if {k: again[n][k] for k in keys} != recorded[n]]
+    assert sorted(again) == sorted(recorded)
+    assert not differ, differ
