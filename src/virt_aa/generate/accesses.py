@@ -129,16 +129,6 @@ GL_RULES = (
 )
 
 
-def default_tpm_version(dom: Domain, model: str) -> str:
-    """What libvirtd fills in before calling the helper (qemuDomainTPMDefPostParse).
-
-    Stock prints ``(null)`` into the path when the XML has no version; we
-    use the version libvirtd itself would have chosen.
-    """
-    x86 = dom.arch in (None, "x86_64", "i686")
-    return "1.2" if model == "tpm-tis" and x86 else "2.0"
-
-
 class _Collector:
     """Accumulates rules in stock order; applies the path checks to each."""
 
@@ -426,8 +416,10 @@ def _tpms(c: _Collector, dom: Domain) -> None:
     for tpm in dom.tpms:
         if tpm.backend != "emulator":
             continue
-        version = tpm.version or default_tpm_version(dom, tpm.model)
-        vdir = "tpm1.2" if version == "1.2" else "tpm2"
+        # libvirtd fills the version in before it calls the helper
+        # (qemuDomainTPMDefPostParse); XML without one gets stock's literal "(null)"
+        # directory: it names nothing, so never more than stock grants
+        vdir = {"1.2": "tpm1.2", "2.0": "tpm2"}.get(tpm.version or "", "(null)")
         o = "tpm emulator"
         state = f"{LOCALSTATEDIR}/lib/libvirt/swtpm/{dom.uuid}/{vdir}"
         c.literal(f"{RUNSTATEDIR}/libvirt/qemu/swtpm/{short}-swtpm.sock", "rw", o)
