@@ -19,6 +19,18 @@ PARSER = shutil.which("apparmor_parser") or "/sbin/apparmor_parser"
 FEATURES = "/usr/share/apparmor-features/features"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite tests this checkout: virt_aa must come from REPO/src (the editable
+    install), never from a copy installed elsewhere (e.g. the Debian package)."""
+    import virt_aa
+
+    origin = Path(virt_aa.__file__).resolve()
+    if not origin.is_relative_to(REPO / "src"):
+        raise pytest.UsageError(f"virt_aa is imported from {origin}, not from this checkout "
+                                f"({REPO / 'src'}): run the tests with the project's venv "
+                                f"(bash scripts/test.sh)")
+
+
 def helper_argv() -> list[str]:
     """Our installed console script (what users run), else the module."""
     script = Path(sys.executable).parent / "virt-aa-helper"
