@@ -104,9 +104,19 @@ def build_debs() -> dict[str, object]:
         meta = dest / "build.json"
         if not meta.exists():
             _build(dest)
+            _prune(keep=dest)
         data: dict[str, object] = json.loads(meta.read_text())
     data["dir"] = str(dest)
     return data
+
+
+def _prune(keep: Path, count: int = 3) -> None:
+    """Old builds go: the newest ``count`` (``keep`` among them) stay in the cache."""
+    builds = sorted((d for d in CACHE.iterdir() if (d / "build.json").is_file()),
+                    key=lambda d: d.stat().st_mtime, reverse=True)
+    for old in builds[count:]:
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _build(dest: Path) -> None:

@@ -285,3 +285,26 @@ def test_helper_mode_survives_libvirt_upgrade(debs: dict[str, object],
     system.apt("purge", "virt-aa")
     if sys.stdout.isatty():
         print()
+
+
+def test_ansible_collection_is_a_galaxy_artefact(tmp_path: Path) -> None:
+    """The collection ships the way Ansible users take collections: a Galaxy tarball."""
+    bindir = Path(sys.executable).parent
+    coll = REPO / "ansible/collections/ansible_collections/virtaa/libvirt"
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "ANSIBLE_COLLECTIONS_PATH": str(tmp_path / "collections")}
+    subprocess.run([str(bindir / "ansible-galaxy"), "collection", "build", str(coll),
+                    "--output-path", str(tmp_path)], check=True, env=env,
+                   capture_output=True, timeout=300)
+    tarball = tmp_path / "virtaa-libvirt-0.1.0.tar.gz"
+    names = subprocess.run(["tar", "-tzf", str(tarball)], capture_output=True, text=True,
+                           check=True).stdout.split()
+    for module in ("policy", "vm_rule", "attachment", "mode"):
+        assert f"plugins/modules/{module}.py" in names, names
+    assert "MANIFEST.json" in names and not any(n.endswith(".tar.gz") for n in names)
+    subprocess.run([str(bindir / "ansible-galaxy"), "collection", "install", str(tarball),
+                    "-p", str(tmp_path / "collections")], check=True, env=env,
+                   capture_output=True, timeout=300)
+    doc = subprocess.run([str(bindir / "ansible-doc"), "-t", "module", "virtaa.libvirt.vm_rule"],
+                         capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert doc.returncode == 0 and "virtaa.libvirt.vm_rule" in doc.stdout, doc.stderr
