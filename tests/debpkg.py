@@ -182,6 +182,34 @@ def cached_deb(package: str) -> Path:
     return CACHE / "archive" / name
 
 
+def bumped(deb: Path, suffix: str = "+virtaatest1") -> Path:
+    """``deb`` rebuilt with a higher version and its files new (mtime: now), as a
+    real upgrade of the package delivers them -- for the AppArmor upgrade test."""
+    out = CACHE / "archive" / deb.name.replace("_amd64", f"{suffix}_amd64")
+    if out.is_file():
+        return out
+    tmp = Path(tempfile.mkdtemp(prefix="virt-aa-repack-", dir="/var/tmp"))
+    try:
+        tree = tmp / "tree"
+        subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True, env=BUILD_ENV)
+        control = tree / "DEBIAN/control"
+        lines = control.read_text().splitlines()
+        lines = [ln + suffix if ln.startswith("Version: ") else ln for ln in lines]
+        control.write_text("\n".join(lines) + "\n")
+        now = time.time()
+        for dirpath, _, filenames in os.walk(tree):
+            if "DEBIAN" not in Path(dirpath).parts:
+                for name in filenames:
+                    os.utime(Path(dirpath, name), (now, now), follow_symlinks=False)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["dpkg-deb", "-b", str(tree), str(tmp / out.name)], check=True,
+                       capture_output=True, env=BUILD_ENV)
+        shutil.move(tmp / out.name, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 NAMESPACE_SCRIPT = """
 set -eu
 B=$1; shift

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from debpkg import REPO, OverlaySystem, build_debs, cached_deb
+from debpkg import REPO, OverlaySystem, build_debs, bumped, cached_deb
 from e2e_daemon import tiny_domain_xml
 
 import virt_aa
@@ -47,7 +47,7 @@ HELPER = "/usr/lib/libvirt/virt-aa-helper"
 # what virt-aa install / uninstall / the maintainer scripts may change in libvirt's world
 LIBVIRT_STATE = ["/etc/libvirt/hooks", HELPER, HELPER + ".stock", ENTRY, ENTRY_PROFILE,
                  "/etc/apparmor.d/local/usr.lib.libvirt.virt-aa-helper",
-                 "/var/lib/virt-aa/install.json"]
+                 "/var/lib/virt-aa/install.json", "/var/lib/dpkg/diversions"]
 # the admin's data that upgrades, removal and purge keep
 ADMIN_DATA = [LOCAL, f"/etc/virt-aa/domains/{UUID}.conf", f"/var/lib/virt-aa/history/{UUID}.jsonl"]
 DEV_CHECKOUT = "/opt/virt-aa-checkout"
@@ -84,7 +84,7 @@ def system(debs: dict[str, object]) -> Iterator[OverlaySystem]:
     finally:
         sysm.stop()
         total = sum(t for _, t in TIMES)
-        print(f"\n[package] {'total':<50} {total:6.2f} s")
+        print(f"\n[package] {'sum of the timed phases':<50} {total:6.2f} s")
 
 
 def deb(debs: dict[str, object], key: str) -> str:
@@ -215,17 +215,26 @@ def test_upgrade_keeps_data_and_repoints_launchers(debs: dict[str, object],
     assert "complain" in profile.split("{", 1)[0] and f"local/libvirt-{UUID}" in profile
 
 
-def test_apparmor_upgrade_keeps_vms_starting(system: OverlaySystem) -> None:
-    """Reinstalling the parser's package (the stamps key on the parser binary)."""
-    pkg = cached_deb("apparmor")
+def test_apparmor_upgrade_rekeys_the_parser_stamps(system: OverlaySystem) -> None:
+    """An upgrade of the parser's package: the hook's stamps (per-VM rules accepted by
+    this parser; the parser's major version) are keyed on the parser binary, so the
+    new parser is asked again at the next VM start, and VMs keep starting."""
+    stamp = system.path(f"/var/lib/virt-aa/libvirt-{UUID}.checked")
+    version_cache = system.path("/var/lib/virt-aa/parser-version")
+    before = (stamp.read_text(), version_cache.read_text())
+    pkg = bumped(cached_deb("apparmor"))
     t0 = time.monotonic()
     system.run(["dpkg", "-i", str(pkg)])
-    phase("dpkg -i apparmor (reinstall)", t0)
+    phase("dpkg -i apparmor (upgrade, rebuilt +virtaatest1)", t0)
+    assert system.run(["dpkg-query", "-W", "-f=${Version}", "apparmor"]).stdout.endswith(
+        "+virtaatest1")
+    st = system.path("/sbin/apparmor_parser").stat()   # what the stamps are keyed on
+    key = f"{st.st_size} {st.st_mtime_ns}"
+    assert not before[0].endswith(key) and key not in before[1], before
     profile = start_vm(system)
-    assert "complain" in profile.split("{", 1)[0]
-    st = system.path("/sbin/apparmor_parser").stat()   # what the hook's stamp is keyed on
-    stamp = system.path(f"/var/lib/virt-aa/libvirt-{UUID}.checked").read_text()
-    assert stamp.endswith(f" {st.st_size} {st.st_mtime_ns}"), stamp
+    assert "complain" in profile.split("{", 1)[0] and f"local/libvirt-{UUID}" in profile
+    assert stamp.read_text().endswith(f" {key}"), stamp.read_text()
+    assert f" {key} " in version_cache.read_text(), version_cache.read_text()
 
 
 def test_remove_restores_libvirt_and_vms_still_start(system: OverlaySystem) -> None:
