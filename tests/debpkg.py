@@ -10,7 +10,9 @@ deletes the copy.  The results are cached under
 
 ``OverlaySystem`` is this very machine with its root file system under a
 private overlay: a mount namespace in which ``/`` is overlaid with a tmpfs
-upper layer and entered with ``chroot``.  apt, dpkg, the maintainer scripts,
+upper layer and entered with ``chroot``, in a PID namespace of its own whose
+init dies with the test process (so nothing started in it can outlive the
+test, even a killed one).  apt, dpkg, the maintainer scripts,
 ``dpkg-divert``, libvirtd and QEMU all run for real in it, yet nothing they
 write reaches the host: the other tests (and other test sessions sharing the
 machine) never see the package or its hook, and tearing it down is the
@@ -25,12 +27,13 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from e2e_daemon import LIBVIRTD_CONF, QEMU_CONF, alive, stop_pid
+from e2e_daemon import LIBVIRTD_CONF, QEMU_CONF
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("VIRT_AA_DEB_CACHE", "/var/cache/virt-aa-deb"))
@@ -210,6 +213,13 @@ def bumped(deb: Path, suffix: str = "+virtaatest1") -> Path:
     return out
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the test process goes (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
 NAMESPACE_SCRIPT = """
 set -eu
 B=$1; shift
@@ -227,7 +237,16 @@ for hide in "$@"; do
     mount -t tmpfs -o mode=0755,size=1m tmpfs "$M$hide"
 done
 echo ready
-exec sleep 86400
+# init of the PID namespace: reaps the orphans (daemons detach), lives until killed
+exec /usr/bin/python3 -I -S -c "$REAPER"
+"""
+REAPER = """
+import os, time
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(0.2)
 """
 # no service starts from maintainer scripts in the throwaway system
 POLICY_RC = "#!/bin/sh\nexit 101\n"
@@ -238,34 +257,53 @@ namespaces = []
 """
 
 
+def _remove_stale() -> None:
+    """Directories of overlay systems whose test process is gone (killed: its
+    namespace died with it, only the empty mount points are left)."""
+    for base in Path("/var/tmp").glob("virt-aa-overlay-*"):
+        try:
+            owner = int((base / "owner").read_text())
+        except (OSError, ValueError):
+            continue
+        if not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(base, ignore_errors=True)
+
+
 class OverlaySystem:
     """This machine's root under a private overlay, entered with chroot."""
 
     def __init__(self, hide: list[str]) -> None:
+        _remove_stale()
         self.base = Path(tempfile.mkdtemp(prefix="virt-aa-overlay-", dir="/var/tmp"))
+        (self.base / "owner").write_text(str(os.getpid()))
         (self.base / "layers").mkdir()
         (self.base / "merged").mkdir()
         self.hide = hide
         self.holder: subprocess.Popen[str] | None = None
+        self.init = 0          # the namespace's init (host pid): the way in
         self.daemon_pids: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
+        # unshare dies with us (PDEATHSIG), the namespace's init with unshare
+        # (--kill-child), and every process of the PID namespace with its init
         self.holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", NAMESPACE_SCRIPT,
-             "sh", str(self.base), *self.hide], stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=PATH_ENV)
+            ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation",
+             "private", "sh", "-c", NAMESPACE_SCRIPT, "sh", str(self.base), *self.hide],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(PATH_ENV, REAPER=REAPER), preexec_fn=_die_with_parent)
         assert self.holder.stdout is not None
         line = self.holder.stdout.readline().strip()
         if line != "ready":
             err = self.holder.stderr.read() if self.holder.stderr else ""
             raise PackageError(f"overlay system did not start: {line} {err}")
+        children = Path(f"/proc/{self.holder.pid}/task/{self.holder.pid}/children")
+        self.init = int(children.read_text().split()[0])
         self.write("/usr/sbin/policy-rc.d", POLICY_RC, 0o755)
 
     def path(self, p: str) -> Path:
         """A path inside the overlay system, as the host can reach it."""
-        assert self.holder is not None
-        return Path(f"/proc/{self.holder.pid}/root{self.base}/merged{p}")
+        return Path(f"/proc/{self.init}/root{self.base}/merged{p}")
 
     def write(self, p: str, text: str, mode: int = 0o644) -> None:
         dest = self.path(p)
@@ -275,8 +313,7 @@ class OverlaySystem:
 
     def run(self, argv: list[str], check: bool = True, timeout: float = 600,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
-        assert self.holder is not None
-        full = ["nsenter", "-t", str(self.holder.pid), "-m", "chroot",
+        full = ["nsenter", "-t", str(self.init), "-m", "-p", "chroot",
                 str(self.base / "merged"), "/usr/bin/env", "-i",
                 *(f"{k}={v}" for k, v in PATH_ENV.items()), *argv]
         proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
@@ -294,32 +331,33 @@ class OverlaySystem:
                          "--no-install-recommends", *args])
 
     def stop(self) -> None:
-        self.stop_libvirtd()
+        """Stop the daemons cleanly, then end the namespace: its init goes, and with
+        it anything still running inside; the mounts go with the namespace."""
         if self.holder is not None:
-            # anything still running in the overlay (started by this test) goes first
-            for pid in self._pids_inside():
-                stop_pid(pid, timeout=10)
-            self.holder.terminate()
             try:
-                self.holder.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.holder.kill()
-                self.holder.wait(timeout=30)
-            self.holder = None
+                self.stop_libvirtd()
+            finally:
+                self.holder.terminate()
+                try:
+                    self.holder.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.holder.kill()
+                    self.holder.wait(timeout=30)
+                self.holder = None
         shutil.rmtree(self.base, ignore_errors=True)
 
-    def _pids_inside(self) -> list[int]:
-        merged = str(self.base / "merged")
-        out = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or self.holder is None or int(entry) == self.holder.pid:
-                continue
-            try:
-                if os.readlink(f"/proc/{entry}/root") == merged:
-                    out.append(int(entry))
-            except OSError:
-                continue
-        return out
+    def alive(self, pid: int) -> bool:
+        """A process of the overlay system (``pid`` as its PID namespace numbers it)."""
+        return self.run(["kill", "-0", str(pid)], check=False).returncode == 0
+
+    def stop_pid(self, pid: int, timeout: float = 30) -> None:
+        self.run(["kill", str(pid)], check=False)
+        deadline = time.monotonic() + timeout
+        while self.alive(pid):
+            if time.monotonic() > deadline:
+                self.run(["kill", "-9", str(pid)], check=False)
+                deadline = time.monotonic() + 10
+            time.sleep(0.1)
 
     # -- libvirt inside ----------------------------------------------------------------
     def configure_libvirt(self) -> None:
@@ -338,7 +376,7 @@ class OverlaySystem:
         self.daemon_pids["libvirtd"] = self._read_pid("libvirtd")
         deadline = time.monotonic() + timeout
         while self.virsh("version", check=False).returncode:
-            if time.monotonic() > deadline or not alive(self.daemon_pids["libvirtd"]):
+            if time.monotonic() > deadline or not self.alive(self.daemon_pids["libvirtd"]):
                 raise PackageError(f"libvirtd did not come up:\n{self.libvirtd_log()}")
             time.sleep(0.2)
 
@@ -356,17 +394,17 @@ class OverlaySystem:
     def restart_libvirtd(self) -> None:
         pid = self.daemon_pids.pop("libvirtd", None)
         if pid is not None:
-            stop_pid(pid)
+            self.stop_pid(pid)
         self.start_libvirtd()
 
     def stop_libvirtd(self) -> None:
-        if "libvirtd" in self.daemon_pids and alive(self.daemon_pids["libvirtd"]):
+        if "libvirtd" in self.daemon_pids and self.alive(self.daemon_pids["libvirtd"]):
             for name in self.virsh("list", "--name", check=False).stdout.split():
                 self.virsh("destroy", name, check=False)
         for name in ("libvirtd", "virtlogd"):
             pid = self.daemon_pids.pop(name, None)
             if pid is not None:
-                stop_pid(pid)
+                self.stop_pid(pid)
 
     def virsh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.run(["virsh", "-q", "-c", "qemu:///system", *args], check=check,

@@ -16,6 +16,7 @@ printed per phase (``pytest -s``).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import shutil
 import subprocess
@@ -159,6 +160,12 @@ def test_install_changes_nothing_then_hook_starts_vm(debs: dict[str, object],
     assert where.strip() == f"{SITE}/virt_aa/__init__.py"
     assert system.path(str(REPO)).is_dir() and not list(system.path(str(REPO)).iterdir()), \
         "the checkout must be hidden inside the overlay"
+    # the man page and the completion where man and bash-completion look
+    man = gzip.decompress(system.path("/usr/share/man/man8/virt-aa.8.gz").read_bytes())
+    assert man.startswith(b".TH VIRT\\-AA 8 ") and b"\n.SS install" in man
+    complete = system.run(["bash", "-c", ". /usr/share/bash-completion/completions/virt-aa"
+                           " && complete -p virt-aa"]).stdout
+    assert complete.startswith("complete ") and complete.rstrip().endswith(" virt-aa")
 
     t0 = time.monotonic()
     out = system.run(["virt-aa", "install"]).stdout
