@@ -103,12 +103,24 @@ def start_vm(sysm: OverlaySystem) -> str:
     return sysm.path(P).read_text() if sysm.path(P).exists() else ""
 
 
+def host_state() -> dict[str, str]:
+    """What a package test must never change on the host itself."""
+    dpkg = subprocess.run(["dpkg-query", "-W", "-f=${Status} ${Version}", "virt-aa"],
+                          capture_output=True, text=True, check=False).stdout
+    divert = subprocess.run(["dpkg-divert", "--list", HELPER], capture_output=True,
+                            text=True, check=False).stdout
+    files = {p: (hashlib.sha256(Path(p).read_bytes()).hexdigest() if Path(p).is_file()
+                 else str(Path(p).exists()))
+             for p in (HELPER, HELPER + ".stock", ENTRY, HOOK, ENTRY_PROFILE)}
+    return {"dpkg": dpkg, "divert": divert, **files}
+
+
+HOST_BEFORE = host_state()
+
+
 def test_guard_suite_imports_the_checkout() -> None:
     """The rest of the suite must test the checkout, never an installed package."""
     assert Path(virt_aa.__file__).resolve().is_relative_to(REPO / "src"), virt_aa.__file__
-    host = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "virt-aa"],
-                          capture_output=True, text=True, check=False)
-    assert "installed" not in host.stdout.replace("not-installed", ""), host.stdout
 
 
 def test_build_contents_and_lintian(debs: dict[str, object], tmp_path: Path) -> None:
@@ -327,3 +339,8 @@ def test_ansible_collection_is_a_galaxy_artefact(tmp_path: Path) -> None:
     doc = subprocess.run([str(bindir / "ansible-doc"), "-t", "module", "virtaa.libvirt.vm_rule"],
                          capture_output=True, text=True, env=env, timeout=300, check=False)
     assert doc.returncode == 0 and "virtaa.libvirt.vm_rule" in doc.stdout, doc.stderr
+
+
+def test_host_is_untouched() -> None:
+    """Last: everything above happened in the overlay system, none of it on the host."""
+    assert host_state() == HOST_BEFORE
