@@ -12,7 +12,7 @@ PKGS=(apparmor apparmor-utils libvirt-daemon-system libvirt-clients qemu-utils q
       python3-venv python3-libvirt python3-apparmor python3-libapparmor gcc python3-dev)
 # the Debian package (debian/, tests/test_package.py): its Build-Depends, the
 # build driver and checks (dpkg-buildpackage, dch, lintian)
-PKGS+=(dpkg-dev devscripts lintian fakeroot debhelper dh-python pybuild-plugin-pyproject
+PKGS+=(build-essential dpkg-dev devscripts lintian fakeroot debhelper dh-python pybuild-plugin-pyproject
        python3-all-dev python3-setuptools)
 
 missing=()
