@@ -11,6 +11,10 @@ cd "$(dirname "$0")/.."
 PKGS=(apparmor apparmor-utils libvirt-daemon-system libvirt-clients qemu-utils qemu-system-x86
       python3-venv python3-libvirt python3-apparmor python3-libapparmor gcc python3-dev
       systemd)
+# the Debian package (debian/, tests/test_package.py): its Build-Depends, the
+# build driver and checks (dpkg-buildpackage, dch, lintian)
+PKGS+=(build-essential dpkg-dev devscripts lintian fakeroot debhelper dh-python pybuild-plugin-pyproject
+       python3-all-dev python3-setuptools)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -28,6 +32,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
     # no recommends: they would add OVMF firmware, which changes what the
     # real helper resolves (the corpus was recorded without it)
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# debian/control is the reference for the build dependencies: the Debian way
+# (apt-get build-dep ./) if anything in it is still missing
+if ! dpkg-checkbuilddeps >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 build-dep -y -qq ./ \
+        >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import libvirt' 2>/dev/null; then

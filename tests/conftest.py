@@ -23,6 +23,18 @@ GENDENIALS = REPO / "tests" / "tools" / "gendenials.py"
 DENIAL_SAMPLES = REPO / "tests" / "data" / "denials-real-samples.txt"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite tests this checkout (or a copy a test built on purpose), never a
+    system-wide install such as the Debian package's copy in dist-packages."""
+    import virt_aa
+
+    origin = Path(virt_aa.__file__).resolve()
+    if origin.is_relative_to("/usr"):
+        raise pytest.UsageError(f"virt_aa is imported from {origin}, not from this checkout "
+                                f"({REPO / 'src'}): run the tests with the project's venv "
+                                f"(bash scripts/test.sh)")
+
+
 def helper_argv() -> list[str]:
     """Our installed console script (what users run), else the module."""
     script = Path(sys.executable).parent / "virt-aa-helper"

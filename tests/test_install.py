@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FEATURES, PARSER, cli_argv
+from conftest import FEATURES, PARSER, REPO, cli_argv
 
 STOCK = "/usr/lib/libvirt/virt-aa-helper"
 
@@ -177,3 +178,53 @@ def test_refuses_without_libvirt_or_dpkg_divert(tmp_path: Path, host: Path) -> N
     proc = virt_aa(host, "install", "--mode", "helper", env=env)
     assert proc.returncode == 1 and "dpkg-divert not found" in proc.stderr
     assert tree(host) == before
+
+
+# -- where the launchers point: a warning for a checkout/venv, --refresh for upgrades
+
+SRC = str(REPO / "src")
+
+
+def test_install_from_the_venv_warns_that_launchers_depend_on_it(host: Path) -> None:
+    proc = virt_aa(host, "install")
+    assert proc.returncode == 0, proc.stderr
+    warn = [ln for ln in proc.stdout.splitlines() if ln.startswith("warn")]
+    assert len(warn) == 1 and SRC in warn[0] and "Debian package" in warn[0], proc.stdout
+    assert repr(SRC) in (host / "usr/sbin/virt-aa-hook").read_text()
+    as_json = virt_aa(host, "install", "--json")
+    assert "warning:" in as_json.stderr and SRC in as_json.stderr
+    assert any(s.startswith("warn") for s in json.loads(as_json.stdout)["steps"])
+
+
+def test_a_system_wide_copy_gets_no_warning(host: Path, tmp_path: Path) -> None:
+    """The same code run by /usr/bin/python3 from under /usr (as the package does)."""
+    if not os.access("/usr/local/lib", os.W_OK):
+        pytest.fail("needs root to place a copy under /usr/local/lib (run as CI does)")
+    site = Path(f"/usr/local/lib/virt-aa-test-{os.getpid()}")
+    try:
+        shutil.copytree(SRC, site, ignore=shutil.ignore_patterns("__pycache__", "*.so",
+                                                                 "*.egg-info"))
+        code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+                "from virt_aa.cli import main; sys.exit(main())")
+        proc = subprocess.run(["/usr/bin/python3", "-I", "-c", code, str(site),
+                               "--root", str(host), "install"],
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert "warn" not in proc.stdout, proc.stdout
+        assert repr(str(site)) in (host / "usr/sbin/virt-aa-hook").read_text()
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
+
+
+def test_refresh_keeps_the_mode_and_repoints_launchers(host: Path) -> None:
+    assert "nothing to refresh" in virt_aa(host, "install", "--refresh").stdout
+    assert not (host / "var/lib/virt-aa/install.json").exists()
+    assert virt_aa(host, "install", "--mode", "helper").returncode == 0
+    helper = host / "usr/lib/libvirt/virt-aa-helper"
+    helper.write_text(helper.read_text().replace(SRC, "/old/checkout/src"))
+    proc = virt_aa(host, "install", "--refresh")
+    assert proc.returncode == 0, proc.stderr
+    assert repr(SRC) in helper.read_text() and "/old/checkout" not in helper.read_text()
+    manifest = json.loads((host / "var/lib/virt-aa/install.json").read_text())
+    assert manifest["mode"] == "helper"
+    assert not (host / "usr/sbin/virt-aa-hook").exists()

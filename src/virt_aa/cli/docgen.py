@@ -6,6 +6,7 @@ Generated, not written: a new verb or option shows up in both at once.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 DOMAIN_VERBS = ("show", "allow", "revoke", "rules", "complain", "enforce", "reload",
@@ -95,10 +96,17 @@ def _option_lines(parser: argparse.ArgumentParser) -> list[str]:
     return out
 
 
+def _date() -> str:
+    """Today, or the release date where a reproducible build sets it."""
+    stamp = os.environ.get("SOURCE_DATE_EPOCH", "")
+    when = time.gmtime(int(stamp)) if stamp.isdigit() else time.localtime()
+    return time.strftime("%Y-%m-%d", when)
+
+
 def man_page(parser: argparse.ArgumentParser) -> str:
     subs = _subparsers(parser)
     lines = [
-        f'.TH VIRT\\-AA 8 "{time.strftime("%Y-%m-%d")}" "virt-aa" "System Administration"',
+        f'.TH VIRT\\-AA 8 "{_date()}" "virt-aa" "System Administration"',
         ".SH NAME", "virt\\-aa \\- manage the AppArmor confinement of libvirt guests",
         ".SH SYNOPSIS",
         "\\fBvirt\\-aa\\fR [\\fB\\-c\\fR \\fIURI\\fR] [\\fB\\-\\-root\\fR \\fIDIR\\fR] "

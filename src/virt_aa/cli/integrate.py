@@ -10,16 +10,21 @@ from virt_aa.cli.common import CliError, _emit, _root, _store
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from virt_aa.host.installer import InstallError, install, uninstall
+    from virt_aa.host.installer import InstallError, install, refresh, uninstall
 
     try:
-        if args.command == "install":
+        if args.command == "install" and args.refresh:
+            steps = refresh(_root(args), args.dry_run)
+        elif args.command == "install":
             steps = install(_root(args), args.mode, args.dry_run)
         else:
             steps = uninstall(_root(args), args.dry_run)
     except (InstallError, OSError) as exc:
         raise CliError(str(exc)) from None
     prefix = "would: " if args.dry_run else ""
+    for step in steps:
+        if step.startswith("warn ") and getattr(args, "json", False):
+            print(f"virt-aa: warning: {step[5:].strip()}", file=sys.stderr)
     return _emit(args, {"dry_run": args.dry_run, "steps": steps},
                  "\n".join(prefix + s for s in steps))
 
@@ -106,6 +111,11 @@ def register(sub: Any) -> None:
         if name == "install":
             sp.add_argument("--mode", choices=("hook", "helper"), default="hook",
                             help="hook (default) or helper")
+            sp.add_argument("--refresh", action="store_true",
+                            help="only bring an existing install up to date in its "
+                                 "recorded mode (launchers, profile); nothing if virt-aa "
+                                 "is not installed (the Debian package runs this on "
+                                 "upgrade)")
         sp.add_argument("--dry-run", action="store_true", help="print what would change")
         sp.add_argument("--json", action="store_true", help="machine-readable output")
         sp.set_defaults(func=cmd_install)

@@ -71,9 +71,10 @@ def hook_script(root: str) -> str:
             f'exec {entry}{extra} "$@"\n')
 
 
-def entry_profile(root: str) -> str:
-    """A tight profile for the entry point: read its code, write P and state."""
-    pkg = launcher.package_dir()
+def entry_profile(root: str, pkg: str | None = None) -> str:
+    """A tight profile for the entry point: read its code (in ``pkg``, by default
+    where this copy of virt-aa lives), write P and state."""
+    pkg = pkg or launcher.package_dir()
     r = "" if not _is_sandbox(root) else root.rstrip("/")
     return f"""# {MARK}: AppArmor profile of virt-aa's libvirt hook entry point.
 abi <abi/3.0>,
@@ -250,8 +251,10 @@ def install(root: str, mode: str = "hook", dry: bool = False) -> list[str]:
         _place(root, ENTRY_PROFILE, profile, 0o644, plan, dry, created)
         _load(_abs(root, ENTRY_PROFILE), root, plan, dry)
         plan.add(f"note   {RESTART_NOTE}")
+        _warn_location(plan)
     elif mode == "helper":
         override_created = _install_helper(root, plan, dry, created)
+        _warn_location(plan)
     else:
         raise InstallError(f"unknown mode {mode!r}: use hook or helper")
     if not dry:
@@ -260,6 +263,32 @@ def install(root: str, mode: str = "hook", dry: bool = False) -> list[str]:
                                "override_created": bool(manifest.get("override_created"))
                                or (mode == "helper" and override_created)})
     return plan.steps
+
+
+def location_warning() -> str | None:
+    """Why the launchers written now would break if a directory moved (None: they
+    point at a system-wide install, e.g. the Debian package's)."""
+    pkg = launcher.package_dir()
+    if launcher.is_system_install():
+        return None
+    return (f"the launchers libvirt runs load virt-aa from {pkg} (a checkout or "
+            f"virtualenv): moving or deleting it makes every VM start fail; on a "
+            f"production host install the Debian package (README: Install on a hypervisor)")
+
+
+def _warn_location(plan: Plan) -> None:
+    warning = location_warning()
+    if warning:
+        plan.add(f"warn   {warning}")
+
+
+def refresh(root: str, dry: bool = False) -> list[str]:
+    """Bring an existing install up to date in its recorded mode (the package's
+    postinst runs this on upgrade: launchers and profile follow the code)."""
+    mode = _manifest(root).get("mode")
+    if mode not in ("hook", "helper"):
+        return ["virt-aa is not installed here: nothing to refresh"]
+    return install(root, str(mode), dry)
 
 
 def _divert_argv(root: str, *args: str) -> list[str]:

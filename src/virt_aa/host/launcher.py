@@ -24,6 +24,14 @@ def package_dir() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def is_system_install() -> bool:
+    """virt-aa runs from a system-wide install (``/usr/...``, e.g. the Debian
+    package), not from a virtualenv or a checkout that may move or vanish."""
+    if sys.prefix != sys.base_prefix:
+        return False
+    return os.path.realpath(package_dir()).startswith("/usr/")
+
+
 def render(entry: str, python: str | None = None, path: str | None = None) -> str:
     """The text of a launcher script for ``entry`` (a key of ENTRY_POINTS)."""
     module = ENTRY_POINTS[entry]
