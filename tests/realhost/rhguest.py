@@ -80,6 +80,8 @@ def payload(python: str) -> kguest.Cpio:
 
 def boot(outdir: Path, python: str | None = None, timeout: float = 900) -> RealHostRun:
     """Boot the guest, wait for it to power off, return what it left in outdir."""
+    if "," in str(outdir):
+        raise RuntimeError(f"qemu's -virtfs cannot take a path with a comma: {outdir}")
     cache = kguest.build()
     outdir.mkdir(parents=True, exist_ok=True)
     for name in ("results.json", "kern.log", "scenario.log", "scenario.rc", "console.log"):
