@@ -17,7 +17,8 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=000 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# /tmp stays the overlay's (writes go to the tmpfs layer): a checkout or a
+# virtualenv under the host's /tmp must stay visible
 OUT=/run/virt-aa-out
 mkdir -p "$OUT"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out "$OUT"
