@@ -4,11 +4,15 @@
 # small initramfs made of Debian packages only: busybox-static, apparmor_parser
 # and aa-exec from the apparmor package, the libc6 they link against, and the
 # static probe (tests/kernel/probe.c, compiled here with gcc -static).
+# For the real-host guest (tests/realhost/) it also keeps, from the same kernel
+# package, the modules that mount the host's / over virtio-9p under an overlay
+# (modules.cpio.gz: /lib/modules/realhost/*.ko and their load order).
 #
 # The artefacts are cached under $VIRT_AA_KGUEST_CACHE (default
 # /var/cache/virt-aa-kernel-guest)/<key>/, the key being a hash of the package
 # versions, this script and the probe source; a cached build is reused as-is.
-# Prints the cache directory (vmlinuz, base.cpio.gz, versions.txt) on stdout,
+# Prints the cache directory (vmlinuz, base.cpio.gz, modules.cpio.gz,
+# versions.txt) on stdout,
 # progress on stderr.  Works on a fresh Debian 12 machine as root: the tools
 # it needs (qemu-system-x86, gcc, libc6-dev, cpio) are apt-get installed.
 #
@@ -34,7 +38,7 @@ updated=0
 apt_update() {
     if [ "$updated" = 0 ]; then
         log "apt-get update"
-        apt-get update -qq >&2
+        apt-get -o DPkg::Lock::Timeout=900 update -qq >&2
         updated=1
     fi
 }
@@ -69,7 +73,7 @@ if [ "$mode" = key ]; then
 fi
 OUT="$CACHE/$key"
 if [ "$mode" = build ] && [ -f "$OUT/versions.txt" ] && [ -f "$OUT/vmlinuz" ] \
-        && [ -f "$OUT/base.cpio.gz" ]; then
+        && [ -f "$OUT/base.cpio.gz" ] && [ -f "$OUT/modules.cpio.gz" ]; then
     log "cached: $OUT"
     echo "$OUT"
     exit 0
@@ -89,7 +93,7 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 if [ "${#need[@]}" -gt 0 ]; then
     apt_update
     log "apt-get install ${need[*]}"
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+    apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
 
 mkdir -p "$CACHE"
@@ -156,12 +160,42 @@ poweroff -f
 EOF
 chmod 755 "$R/init"
 (cd "$R" && find . -print0 | cpio --null -o -H newc --owner 0:0 --quiet) | gzip -6 >"$WORK/base.cpio.gz"
+
+# The real-host guest's modules: 9p over virtio and overlayfs, with what they
+# depend on (each module's own "depends=" in its .modinfo), dependencies first.
+M="$WORK/mods/lib/modules/realhost"
+mkdir -p "$M"
+kmods="$(echo x/lib/modules/*/kernel)"
+declare -A seen=()
+order=()
+add_module() {
+    local name="$1" ko dep
+    [ -n "${seen[$name]:-}" ] && return 0
+    seen[$name]=1
+    ko="$(find "$kmods" \( -name "$name.ko" -o -name "$name.ko.xz" -o -name "${name//_/-}.ko" \
+           -o -name "${name//_/-}.ko.xz" \) -print -quit)"
+    [ -n "$ko" ] || { log "kernel module $name not in $KPKG"; exit 1; }
+    case "$ko" in
+        *.xz) xz -dc "$ko" >"$M/$name.ko" ;;
+        *) cp "$ko" "$M/$name.ko" ;;
+    esac
+    for dep in $(grep -a -o 'depends=[a-z0-9_,-]*' "$M/$name.ko" | head -n 1 | cut -d= -f2 | tr , ' '); do
+        add_module "$dep"
+    done
+    order+=("$name")
+}
+for mod in virtio_pci 9pnet_virtio 9p overlay; do
+    add_module "$mod"
+done
+printf '%s\n' "${order[@]}" >"$M/order"
+log "realhost modules: ${order[*]}"
+(cd "$WORK/mods" && find . -print0 | cpio --null -o -H newc --owner 0:0 --quiet) | gzip -6 >"$WORK/modules.cpio.gz"
 printf '%s' "$versions" >"$WORK/versions.txt"
 echo "probe.c=$(sha256sum "$PROBE_SRC" | cut -c1-16)" >>"$WORK/versions.txt"
 
 STAGE="$CACHE/.stage-$key.$$"
 mkdir "$STAGE"
-mv "$WORK/vmlinuz" "$WORK/base.cpio.gz" "$WORK/versions.txt" "$STAGE/"
+mv "$WORK/vmlinuz" "$WORK/base.cpio.gz" "$WORK/modules.cpio.gz" "$WORK/versions.txt" "$STAGE/"
 rm -rf "$OUT"
 mv "$STAGE" "$OUT"
 log "built $OUT ($(du -sh "$OUT" | cut -f1))"

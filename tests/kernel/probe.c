@@ -2,6 +2,7 @@
  *
  *   probe r PATH   open O_RDONLY and read a byte
  *   probe w PATH   open O_WRONLY (existing file) and write a byte
+ *   probe o PATH   open O_WRONLY (existing file), write nothing (a disk in use)
  *   probe c PATH   create a new file (O_CREAT|O_EXCL|O_WRONLY)
  *   probe l PATH   open a directory and list it
  *   probe u PATH   connect a SOCK_STREAM unix socket
@@ -46,7 +47,7 @@ int main(int argc, char **argv)
     struct sockaddr_un sa;
 
     if (argc != 3 || strlen(argv[1]) != 1) {
-        fprintf(stderr, "usage: probe r|w|c|l|u|L PATH\n");
+        fprintf(stderr, "usage: probe r|w|o|c|l|u|L PATH\n");
         return 64;
     }
     const char *path = argv[2];
@@ -57,6 +58,10 @@ int main(int argc, char **argv)
         break;
     case 'w':
         if ((fd = open(path, O_WRONLY)) < 0 || write(fd, "x", 1) < 0)
+            return fail();
+        break;
+    case 'o':
+        if ((fd = open(path, O_WRONLY)) < 0)
             return fail();
         break;
     case 'c':

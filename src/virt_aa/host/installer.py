@@ -100,10 +100,13 @@ profile virt-aa-hook {r}/{ENTRY} flags=(attach_disconnected) {{
   {r}/var/lib/virt-aa/ rw,
   {r}/var/lib/virt-aa/** rwk,
   /usr/share/apparmor-features/** r,
+  /etc/apparmor/parser.conf r,
   /{{usr/,}}sbin/apparmor_parser rix,
   @{{PROC}}/@{{pid}}/mounts r,
   /sys/kernel/security/apparmor/{{,**}} r,
   deny /etc/shadow r,
+  # Python tries to cache bytecode next to stale or missing .pyc: refused quietly
+  deny {pkg}/**/__pycache__/** w,
 
   include if exists <local/usr.sbin.virt-aa-hook>
 }}
@@ -119,6 +122,8 @@ def helper_override() -> str:
 {pkg}/ r,
 {pkg}/** r,
 /usr/lib/python3*/** r,
+deny {pkg}/**/__pycache__/** w,
+/etc/apparmor.d/libvirt/ r,
 /etc/apparmor.d/local/ r,
 /etc/apparmor.d/local/libvirt-[0-9a-f]*-[0-9a-f]*-[0-9a-f]*-[0-9a-f]*-[0-9a-f]* rw,
 /etc/virt-aa/ r,
@@ -210,6 +215,20 @@ def _load(path: str, root: str, plan: Plan, dry: bool) -> None:
         res = apparmor.run("-r", path, root, "virt-aa")
         if not res.ok:
             raise InstallError(f"apparmor_parser could not load {path}: {res.message}")
+
+
+def _unload(path: str, root: str, plan: Plan, dry: bool) -> None:
+    """Remove our profile from the kernel before its file goes (the parser reads
+    the profile's name from the file)."""
+    from virt_aa.host import apparmor
+
+    if _is_sandbox(root) or not apparmor.kernel_has_apparmor():
+        return
+    plan.add(f"unload {path}")
+    if not dry:
+        res = apparmor.run("-R", path, root, "virt-aa")
+        if not res.ok:
+            plan.add(f"note   {path} stays loaded until reboot: {res.message}")
 
 
 def _require_libvirt(root: str) -> None:
@@ -379,6 +398,8 @@ def uninstall(root: str, dry: bool = False) -> list[str]:
         if not _ours(path):
             plan.add(f"keep   {path} (not virt-aa's)")
             continue
+        if rel == ENTRY_PROFILE:
+            _unload(path, root, plan, dry)
         plan.add(f"remove {path}")
         if not dry:
             os.unlink(path)
@@ -402,6 +423,11 @@ def uninstall(root: str, dry: bool = False) -> list[str]:
             plan.add(f"update {override} (virt-aa block removed)")
             if not dry:
                 write_atomic(override, rest.encode())
+        if not _is_sandbox(root) and os.path.exists(_abs(root, HELPER_PROFILE)):
+            try:            # the kernel drops the rules we added
+                _load(_abs(root, HELPER_PROFILE), root, plan, dry)
+            except InstallError as exc:
+                plan.add(f"note   {exc}")
     for rel in sorted(manifest.get("created_dirs", []), key=len, reverse=True):
         path = _abs(root, rel)
         if os.path.isdir(path) and not os.listdir(path):
