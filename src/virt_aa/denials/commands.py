@@ -154,12 +154,7 @@ def scan(args: Any, uuid: str | None = None, name: str | None = None) -> Scan:
                             result.not_apparmor[i] = result.not_apparmor.get(i, 0) + 1
                 yield line
 
-    def wanted(rec: Any) -> bool:
-        if since is not None and rec.time is not None and rec.time < since:
-            return False
-        if until is not None and rec.time is not None and rec.time > until:
-            return False
-        return want is None or bool(want(rec))
+    wanted = _wanted(since, until, want)
 
     twins = Twins()
 
@@ -187,6 +182,19 @@ def scan(args: Any, uuid: str | None = None, name: str | None = None) -> Scan:
     return result
 
 
+def _wanted(since: float | None, until: float | None,
+            want: Callable[[Any], bool] | None) -> Callable[[Any], bool]:
+    """Records inside --since/--until (a record without a time is kept) and, with a
+    domain, of that domain."""
+    def wanted(rec: Any) -> bool:
+        if since is not None and rec.time is not None and rec.time < since:
+            return False
+        if until is not None and rec.time is not None and rec.time > until:
+            return False
+        return want is None or bool(want(rec))
+    return wanted
+
+
 def follow_groups(args: Any, uuid: str | None = None) -> Iterator[Group]:
     """``--follow``: each new record as it is written, as a group of one."""
     from .parse import iter_records
@@ -196,12 +204,7 @@ def follow_groups(args: Any, uuid: str | None = None) -> Iterator[Group]:
     until = sources.parse_time(args.until)
     want = for_domain(uuid)
 
-    def wanted(rec: Any) -> bool:
-        if since is not None and rec.time is not None and rec.time < since:
-            return False
-        if until is not None and rec.time is not None and rec.time > until:
-            return False
-        return want is None or bool(want(rec))
+    wanted = _wanted(since, until, want)
 
     twins = Twins()
     _, streams, _ = _lines(args)
