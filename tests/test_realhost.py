@@ -123,6 +123,19 @@ def test_2_live_rules(run: rhguest.RealHostRun) -> None:
                for r in run.apparmor_records("2-live"))
 
 
+def test_7_host_wide_rule_live(run: rhguest.RealHostRun) -> None:
+    """`allow --all-vms` reaches the running VM at once; `revoke --all-vms` closes it."""
+    st = show(run, "7-hostwide")
+    f = st["facts"]
+    assert not allowed(st, "before-all-vms")
+    assert allowed(st, "after-all-vms")
+    assert not allowed(st, "after-revoke-all-vms")
+    assert f["pid_before"] == f["pid_after"], "the VM was restarted"
+    assert "every-vm.bin" in f["rules_all_vms"]
+    assert any('operation="profile_replace"' in r and f'name="{PROFILE1}"' in r
+               for r in run.apparmor_records("7-hostwide"))
+
+
 def test_3_modes_denials_suggest(run: rhguest.RealHostRun) -> None:
     st = show(run, "3-modes")
     f = st["facts"]

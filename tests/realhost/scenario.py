@@ -257,7 +257,7 @@ def step_boot(r: Recorder) -> None:
         for p in Path("/").glob(pattern):
             p.unlink()
     Path(EXTRA).mkdir(parents=True, exist_ok=True)
-    for name in ("extra.bin", "complain.bin", "enforce.bin"):
+    for name in ("extra.bin", "complain.bin", "enforce.bin", "every-vm.bin"):
         Path(EXTRA, name).write_text("realhost canary\n")
     for name in (VM1, VM2):
         r.run("qemu-img", "create", "-q", "-f", "qcow2", f"{IMAGES}/{name}.qcow2", "16M")
@@ -334,6 +334,21 @@ def step_modes(r: Recorder) -> None:
     if rule:
         r.virt_aa("allow", VM1, rule, "--comment", "from virt-aa suggest")
         r.probe("after-suggested-allow", "r", f"{EXTRA}/enforce.bin")
+
+
+def step_hostwide(r: Recorder) -> None:
+    """7. A rule for every VM (`allow --all-vms`): live in the running VM at once, and
+    `revoke --all-vms` closes it again; nothing restarted."""
+    path = f"{EXTRA}/every-vm.bin"
+    rule = f"{path} r,"
+    r.fact("pid_before", qemu_pid())
+    r.probe("before-all-vms", "r", path)
+    r.virt_aa("allow", "--all-vms", rule, "--comment", "realhost host-wide rule")
+    r.probe("after-all-vms", "r", path)
+    r.fact("rules_all_vms", r.virt_aa("rules", "--all-vms").stdout)
+    r.virt_aa("revoke", "--all-vms", rule)
+    r.probe("after-revoke-all-vms", "r", path)
+    r.fact("pid_after", qemu_pid())
 
 
 def pick_rule(suggest: Any, path: str) -> str | None:
@@ -443,8 +458,7 @@ STEPS: list[tuple[str, Callable[[Recorder], None]]] = [
     ("2-live", step_live),
     ("3-modes", step_modes),
     ("4-restarts", step_restarts),
-    # 7 (host-wide `--all-vms` and `--profile` rules) goes here, while hook
-    # mode is installed: a step that adds such a rule and probes VM1 and VM2
+    ("7-hostwide", step_hostwide),      # while hook mode is installed
     ("5-helper", step_helper),
     ("6-uninstall", step_uninstall),
     ("final", step_final),

@@ -27,8 +27,8 @@ class Twins:
 
     def __init__(self) -> None:
         self.count = 0                  # twins found
-        # per transport: the last WINDOW records, [key, unmatched, content key of a stamped
-        # record (an unstamped copy pairs with it on content)], oldest first
+        # per transport: the last WINDOW records, [stamp key or None, content key,
+        # unmatched], oldest first
         self.keys: dict[str, deque[list[Any]]] = {"audit": deque(), "kernel": deque()}
 
     def twin(self, rec: Any) -> bool:
@@ -38,19 +38,17 @@ class Twins:
             return False
         # both copies stamped (journal JSON): the audit serial says it, even when the
         # kernel's copy was cut at the printk limit; else the content must agree
-        key = ((rec.host, eid, rec.profile, rec.operation) if eid is not None else
-               (rec.host, rec.pid, rec.mode, rec.operation, rec.profile, rec.name,
-                rec.requested, rec.denied, rec.comm))
-        other = _OTHER[src]
-        for entry in self.keys[other]:  # pair with the oldest unmatched copy
-            if entry[1] and (entry[0] == key or entry[2] == key):
-                entry[1] = False
-                self.count += 1
-                return True
+        stamp = (rec.host, eid, rec.profile, rec.operation) if eid is not None else None
         content = (rec.host, rec.pid, rec.mode, rec.operation, rec.profile, rec.name,
                    rec.requested, rec.denied, rec.comm)
+        for entry in self.keys[_OTHER[src]]:  # pair with the oldest unmatched copy
+            if entry[2] and ((entry[0] == stamp) if stamp is not None and entry[0] is not None
+                             else entry[1] == content):
+                entry[2] = False
+                self.count += 1
+                return True
         keys = self.keys[src]
-        keys.append([key, True, content if eid is not None else None])
+        keys.append([stamp, content, True])
         if len(keys) > WINDOW:
             keys.popleft()
         return False
