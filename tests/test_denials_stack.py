@@ -188,3 +188,38 @@ def test_explain_names_a_failure_that_is_not_apparmor(tmp_path: Path,
     [other] = doc["not_apparmor"]
     assert other["count"] == 1 and "hugepages" in other["fix"]
     assert other["source"].startswith("https://")
+
+
+@pytest.mark.parametrize("fmt", ["audit", "syslog", "journal-json"])
+def test_generated_stack_log_adds_up_per_program(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    """A generated log of VMs, libvirtd, virt-aa-helper, swtpm, dnsmasq and unrelated
+    profiles (tests/tools/gendenials.py): every record accounted for once, and each
+    program's DENIED/ALLOWED count lies between its complete records and all its
+    records in the generator's truth (a record cut at the printk limit still counts
+    when its profile survived; journald's second copy counts once)."""
+    import subprocess
+
+    from conftest import GENDENIALS
+
+    log, truth = tmp_path / f"{fmt}.log", tmp_path / f"{fmt}.truth"
+    subprocess.run([sys.executable, str(GENDENIALS), "--format", fmt, "--lines", "3000",
+                    "--seed", "7", "--split-share", "0", "-o", str(log), "--truth", str(truth)],
+                   check=True)
+    complete: dict[str, int] = {}
+    every: dict[str, int] = {}
+    for line in truth.read_text().splitlines():
+        t = json.loads(line)
+        if t["apparmor"] in ("DENIED", "ALLOWED") and not t.get("duplicate"):
+            prog = program_of(t["profile"])
+            every[prog] = every.get(prog, 0) + 1
+            complete[prog] = complete.get(prog, 0) + bool(t.get("complete"))
+    assert {"vm", "daemon", "helper", "swtpm", "dnsmasq", "other"} <= set(every), every
+    doc = run(tmp_path, monkeypatch, log)
+    assert doc["records"] == accounted(doc)
+    got: dict[str, int] = {}
+    for g in doc["groups"]:
+        got[g["program"]] = got.get(g["program"], 0) + g["count"]
+    assert set(got) == set(every)
+    for prog, n in got.items():
+        assert complete[prog] <= n <= every[prog], (prog, complete[prog], n, every[prog])
