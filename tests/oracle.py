@@ -346,7 +346,7 @@ def wider(stock_rules: list[Rule], our_rules: list[Rule]) -> list[tuple[str, str
 
 # ----------------------------------------------------------------------------- corpora
 
-CORPORA = ("domains", "newer", "libvirt-tests")
+CORPORA = ("domains", "newer", "random", "libvirt-tests")
 
 
 def corpus_path(corpus: str, libvirt: str) -> Path:

@@ -63,7 +63,7 @@ def test_a_changed_domain_xml_fails_loudly(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("version", oracle.recorded_versions("domains"))
-@pytest.mark.parametrize("corpus", ["domains", "newer"])
+@pytest.mark.parametrize("corpus", ["domains", "newer", "random"])
 def test_recordings_are_current(corpus: str, version: str) -> None:
     """Every committed recording matches the XMLs it was made from."""
     if not oracle.recording_path(version, corpus).exists():
@@ -147,7 +147,7 @@ def test_every_accepted_corpus_domain_compiles(corpus_images: Path, sandbox: Pat
     print(f"compiled {compiled} corpus profiles with apparmor_parser")
 
 
-@pytest.mark.parametrize("corpus", ["domains", "newer"])
+@pytest.mark.parametrize("corpus", ["domains", "newer", "random"])
 def test_recorder_reproduces_the_host_recording(corpus: str) -> None:
     """The recorder run with this host's real 9.0 helper gives back the committed
     9.0 recording, entry for entry (setup.sh installs the same libvirt)."""
