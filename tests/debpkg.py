@@ -234,6 +234,8 @@ mount --rbind /sys "$M/sys"
 mount -t tmpfs -o mode=0755 tmpfs "$M/run"
 mount -t tmpfs -o mode=1777 tmpfs "$M/tmp"
 for hide in "$@"; do
+    # (a checkout under /tmp is hidden already: the overlay's /tmp is empty)
+    [ -d "$M$hide" ] || continue
     mount -t tmpfs -o mode=0755,size=1m tmpfs "$M$hide"
 done
 echo ready
