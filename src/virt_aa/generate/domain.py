@@ -520,7 +520,8 @@ def _disk(dev: Node, lv: Libvirt) -> Disk:
     target = dev.find("target")
     tdev = (target.get("dev") or "") if target is not None else ""
     # no target at all passes libvirt's parser (the helper skips validation)
-    if tdev and dev.find("address") is None and not valid_disk_name(tdev):
+    index = disk_index(tdev)
+    if tdev and dev.find("address") is None and index < 0:
         raise _unparsable(f"unknown disk name '{tdev}' and no address specified")
     src = dev.find("source")
     if src is not None:  # virDomainDiskDefParseXML: one definition only
@@ -533,7 +534,7 @@ def _disk(dev: Node, lv: Libvirt) -> Disk:
     if device == "cdrom":  # virDomainDiskDefPostParse: every cdrom is read-only
         source.readonly = True
     return Disk(tdev, device, source, target.get("bus") if target is not None else None,
-                dev.find("shareable") is not None)
+                dev.find("shareable") is not None, index)
 
 
 def _input(dev: Node) -> str | None:

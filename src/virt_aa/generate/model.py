@@ -111,9 +111,9 @@ class Disk:
     __slots__ = ("bus", "device", "index", "shareable", "source", "target")
 
     def __init__(self, target: str, device: str, source: Storage, bus: str | None = None,
-                 shareable: bool = False) -> None:
+                 shareable: bool = False, index: int | None = None) -> None:
         self.target = target
-        self.index = disk_index(target)
+        self.index = disk_index(target) if index is None else index
         self.device = device
         self.source = source
         self.bus = bus
