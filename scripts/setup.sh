@@ -46,4 +46,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import libvirt' 2>/dev/nu
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+# bytecode once (an editable install writes none, nor does PYTHONDONTWRITEBYTECODE=1):
+# every CLI run would compile its modules again, as an installed package never does
+.venv/bin/python -m compileall -q src >/dev/null
 echo "setup: ready (.venv/bin/virt-aa, .venv/bin/virt-aa-helper)"
