@@ -42,7 +42,7 @@ from virt_aa.policy.named import PolicyError, find_metadata, parse_metadata
 
 __all__ = ["QEMU_TYPES", "SMARTCARD_DEFAULT_DB", "Chardev", "Disk", "Domain", "DomainError",
            "Filesystem", "Graphics", "Hostdev", "Interface", "Shmem", "Smartcard", "Storage",
-           "Tpm", "disk_index", "insert_disk", "parse_domain", "parse_uuid",
+           "Tpm", "disk_index", "domain_root", "insert_disk", "parse_domain", "parse_uuid",
            "valid_disk_name", "valid_name"]
 
 _SCALES = {"b": 1, "bytes": 1, "kb": 10**3, "k": 2**10, "kib": 2**10, "mb": 10**6,
@@ -242,11 +242,8 @@ def _hostdev(node: Node) -> Hostdev | None:
     return Hostdev(type_)
 
 
-def parse_domain(data: bytes, lv: Libvirt | None = None) -> Domain:
-    """Parse domain XML bytes; raise :class:`DomainError` as stock would fail.
-
-    ``lv`` is the libvirt version whose parser is emulated (default 9.0).
-    """
+def domain_root(data: bytes) -> Node:
+    """The safely parsed document, which must be a <domain> (stock's messages)."""
     try:
         root = parse(data)
     except XMLError as exc:
@@ -254,6 +251,15 @@ def parse_domain(data: bytes, lv: Libvirt | None = None) -> Domain:
     if root.tag != "domain":
         raise DomainError(("error", f"could not get VM definition: root element is "
                                     f"<{root.tag}>, expected <domain>"))
+    return root
+
+
+def parse_domain(data: bytes, lv: Libvirt | None = None) -> Domain:
+    """Parse domain XML bytes; raise :class:`DomainError` as stock would fail.
+
+    ``lv`` is the libvirt version whose parser is emulated (default 9.0).
+    """
+    root = domain_root(data)
     name_node = root.find("name")
     name = name_node.text if name_node is not None else ""
     if not name:

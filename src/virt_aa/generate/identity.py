@@ -13,8 +13,8 @@ they decide which file is written.
 
 from __future__ import annotations
 
-from virt_aa.generate.domain import Domain, DomainError, parse_uuid
-from virt_aa.generate.xmlsafe import Node, XMLError, parse
+from virt_aa.generate.domain import Domain, DomainError, domain_root, parse_uuid
+from virt_aa.generate.xmlsafe import Node
 from virt_aa.policy.named import PolicyError, find_metadata, parse_metadata
 
 
@@ -40,13 +40,7 @@ def confined(root: Node) -> bool:
 
 def read_identity(data: bytes) -> tuple[Domain, bool]:
     """The domain's identity and metadata, and whether our profile confines it."""
-    try:
-        root = parse(data)
-    except XMLError as exc:
-        raise DomainError(("error", f"could not get VM definition: {exc}")) from None
-    if root.tag != "domain":
-        raise DomainError(("error", f"could not get VM definition: root element is "
-                                    f"<{root.tag}>, expected <domain>"))
+    root = domain_root(data)
     name = _text(root.find("name"))
     if not name:
         raise DomainError(("warning", "Could not find <name>"),

@@ -34,6 +34,7 @@ from virt_aa.ops.manage import (
     compile_rules,
     invoking_user,
     now,
+    parse_checked,
 )
 from virt_aa.policy.localrules import (
     PROVENANCE,
@@ -154,16 +155,7 @@ def _header(target: Target) -> str:
 def allow(store: Store, target: Target, rules: list[str], comment: str = "",
           force: bool = False, denial: str = "") -> dict[str, Any]:
     """Add rules to the target's file (checked, compiled, reloaded, recorded)."""
-    parsed = []
-    for text in rules:
-        try:
-            p = parse_rule(text)
-        except RuleError as exc:
-            raise ManageError(f"rule {text.strip()!r}: {exc}") from None
-        if grants_restricted(p) and not force:
-            raise ManageError(f"rule {p.text!r} grants a restricted path (DESIGN §5: /etc, "
-                              f"/root, /proc, /sys, /dev/mem ...); add --force if you mean it")
-        parsed.append(p)
+    parsed = parse_checked(rules, force)
     with store:
         text = read_text(target.path) or ""
         existing, _ = parse_file(text)

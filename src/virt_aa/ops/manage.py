@@ -24,6 +24,7 @@ from virt_aa.host.store import MODES, Store, StoreError
 from virt_aa.policy.localrules import (
     PROVENANCE,
     LocalRule,
+    Parsed,
     RuleError,
     grants_restricted,
     parse_file,
@@ -228,13 +229,8 @@ def _apply(store: Store, vm: VM, new_local: str | None, new_mode: str | None,
         raise
 
 
-def allow(store: Store, vm: VM, rules: list[str], comment: str = "", force: bool = False,
-          denial: str = "") -> dict[str, Any]:
-    """Add per-VM rules (checked, compiled with the whole profile, applied, recorded).
-
-    A rule that reaches another VM's file is refused unless ``force``; then
-    it is stored with ``force=yes reaches="vm:path ..."`` and recorded so.
-    """
+def parse_checked(rules: list[str], force: bool) -> list[Parsed]:
+    """Parse rule texts; a restricted path needs ``force`` (every kind of rule target)."""
     parsed = []
     for text in rules:
         try:
@@ -245,6 +241,17 @@ def allow(store: Store, vm: VM, rules: list[str], comment: str = "", force: bool
             raise ManageError(f"rule {p.text!r} grants a restricted path (DESIGN §5: /etc, "
                               f"/root, /proc, /sys, /dev/mem ...); add --force if you mean it")
         parsed.append(p)
+    return parsed
+
+
+def allow(store: Store, vm: VM, rules: list[str], comment: str = "", force: bool = False,
+          denial: str = "") -> dict[str, Any]:
+    """Add per-VM rules (checked, compiled with the whole profile, applied, recorded).
+
+    A rule that reaches another VM's file is refused unless ``force``; then
+    it is stored with ``force=yes reaches="vm:path ..."`` and recorded so.
+    """
+    parsed = parse_checked(rules, force)
     from virt_aa.ops.isolation import files_of, with_vm
 
     files = files_of(with_vm(vm.host_domains(), vm.dom))   # before the lock: image headers
