@@ -15,7 +15,7 @@ from virt_aa import __version__
 from virt_aa.cli import denials, fleet, integrate, persist
 from virt_aa.cli.common import CliError
 from virt_aa.host.store import StoreError
-from virt_aa.ops.manage import ManageError
+from virt_aa.ops.errors import ManageError
 
 FAMILIES = (persist, integrate, fleet, denials)
 

@@ -6,10 +6,12 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virt_aa.host.store import Store
-from virt_aa.ops.manage import VM, vm_from_xml
+
+if TYPE_CHECKING:
+    from virt_aa.ops.manage import VM
 
 
 class CliError(Exception):
@@ -34,6 +36,8 @@ def _read_xml(path: str) -> bytes:
 
 def _vm(args: argparse.Namespace, domain: str | None) -> VM:
     """The domain named on the command line (or --xml), with its running state."""
+    from virt_aa.ops.manage import vm_from_xml
+
     recover(args)
     if getattr(args, "xml", None):
         vm = vm_from_xml(_read_xml(args.xml), None, args.xml)

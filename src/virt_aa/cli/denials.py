@@ -6,10 +6,12 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virt_aa.cli.common import CliError, _emit, _split_domain, _store, _vm, verb
-from virt_aa.ops.manage import VM
+
+if TYPE_CHECKING:
+    from virt_aa.ops.manage import VM
 
 
 def _log_domain(args: argparse.Namespace) -> tuple[str | None, VM | None]:

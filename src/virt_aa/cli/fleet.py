@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virt_aa.cli.common import (
     CliError,
@@ -16,7 +16,9 @@ from virt_aa.cli.common import (
     _vm,
     recover,
 )
-from virt_aa.ops.manage import VM, vm_from_xml
+
+if TYPE_CHECKING:
+    from virt_aa.ops.manage import VM
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
@@ -83,6 +85,7 @@ def _vm_setter(args: argparse.Namespace, domain: str | None) -> tuple[VM, Any]:
     if not domain:
         raise CliError("name a domain (name, UUID or id), or give --xml FILE")
     from virt_aa.host import libvirt as lv
+    from virt_aa.ops.manage import vm_from_xml
 
     try:
         conn = lv.connect(args.connect, readonly=False)

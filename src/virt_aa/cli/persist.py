@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from virt_aa.cli.common import CliError, _emit, _split_domain, _store, _vm, verb
-from virt_aa.ops.manage import ManageError, vm_from_xml
+from virt_aa.ops.errors import ManageError
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -201,6 +201,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
         if args.domain or args.xml:
             raise CliError("--all takes no domain")
         from virt_aa.host import libvirt as lv
+        from virt_aa.ops.manage import vm_from_xml
 
         try:
             conn = lv.connect(args.connect)

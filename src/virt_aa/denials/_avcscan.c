@@ -28,6 +28,8 @@
 #define NSEP 10
 #define WIN 36
 #define HDR 256                 /* the longest auditd header (node=...) taken as usual */
+#define WINDOW (64 << 10)       /* bytes found and counted at a time (they stay in the cache) */
+#define TEMPLATES 65536         /* record templates numbered before the numbering restarts */
 
 typedef struct {               /* one allocation: the probe that finds it reads its key */
     uint64_t hash;
@@ -59,6 +61,9 @@ typedef struct {
     PyObject_HEAD
     Map avc;                   /* plain AVC records */
     Map dbus;                  /* dbus USER_AVC records (pid and peer_pid cut) */
+    Map tpl;                   /* record templates (text around the name), numbered by take */
+    char *tk;                  /* a template being made */
+    Py_ssize_t tkcap;
     uint64_t seed;
     char *scratch;             /* the keys of the batch */
     Py_ssize_t scap, used;
@@ -166,6 +171,42 @@ count_key(Map *t, const char *key, Py_ssize_t klen, uint64_t h, const char *win,
     t->slots[j] = e;
     t->kbytes += klen;
     return 0;
+}
+
+/* The number of key[0:klen] in t (its insertion index), added if new; -1: no memory. */
+static Py_ssize_t
+number(Map *t, const char *key, Py_ssize_t klen, uint64_t h)
+{
+    if ((t->n + 1) * 2 >= t->nslots && grow_slots(t) < 0)
+        return -1;
+    Py_ssize_t mask = t->nslots - 1;
+    Py_ssize_t j = (Py_ssize_t)(h & (uint64_t)mask);
+    Entry *e;
+    while ((e = t->slots[j]) != NULL) {
+        if (e->hash == h && e->klen == klen && memcmp(e->key, key, (size_t)klen) == 0)
+            return e->count;
+        j = (j + 1) & mask;
+    }
+    if (t->n == t->cap) {
+        Py_ssize_t nc = t->cap ? t->cap * 2 : 1024;
+        Entry **ne = realloc(t->entries, (size_t)nc * sizeof(Entry *));
+        if (!ne)
+            return -1;
+        t->entries = ne;
+        t->cap = nc;
+    }
+    e = malloc(sizeof(Entry) + (size_t)klen);
+    if (!e)
+        return -1;
+    e->hash = h;
+    e->klen = klen;
+    e->count = t->n;
+    e->flen = e->llen = 0;
+    memcpy(e->key, key, (size_t)klen);
+    t->entries[t->n++] = e;
+    t->slots[j] = e;
+    t->kbytes += klen;
+    return e->count;
 }
 
 static int
@@ -420,13 +461,82 @@ dbus_line(Table *t, const char *c, Py_ssize_t len, Py_ssize_t ls, Py_ssize_t oi,
         ? -1 : 1;
 }
 
-/* One pass over c[0:len]: its newlines (returned; -1: out of memory), and the offsets of
- * every `apparmor="` (t->seps) and `queue-full` (t->qf).  Neither string can overlap
- * itself, so these are the occurrences a left-to-right search finds. */
-static Py_ssize_t
-prescan(Table *t, const char *c, Py_ssize_t len)
+/* The candidates of one block: bits m1 (`apparmor="`) and m2 (`queue-full`) of the
+ * block at c[i] whose first and tenth bytes match; confirmed and pushed at `at`. */
+static inline int
+candidates(Table *t, const char *c, Py_ssize_t at, Py_ssize_t i, uint32_t m1, uint32_t m2)
+{
+    while (m1) {
+        int b = __builtin_ctz(m1);
+        if (memcmp(c + i + b + 1, SEP + 1, NSEP - 2) == 0 &&
+                push(&t->seps, &t->nseps, &t->sepscap, at + i + b) < 0)
+            return -1;
+        m1 &= m1 - 1;
+    }
+    while (m2) {
+        int b = __builtin_ctz(m2);
+        if (memcmp(c + i + b + 1, "ueue-ful", 8) == 0 &&
+                push(&t->qf, &t->nqf, &t->qfcap, at + i + b) < 0)
+            return -1;
+        m2 &= m2 - 1;
+    }
+    return 0;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1
+static int use_avx2;            /* set once at import: the CPU has AVX2 */
+
+/* `prescan`'s vector loop, 32 bytes at a time: (newlines, bytes done), or -1 bytes done
+ * when out of memory.  Built for AVX2 whatever the compiler's baseline; only called
+ * when the CPU has it. */
+__attribute__((target("avx2"))) static Py_ssize_t
+prescan_avx2(Table *t, const char *c, Py_ssize_t at, Py_ssize_t len, Py_ssize_t *done)
 {
     Py_ssize_t lines = 0, i = 0;
+    const __m256i nl = _mm256_set1_epi8('\n'), a = _mm256_set1_epi8('a'),
+                  quote = _mm256_set1_epi8('"'), q = _mm256_set1_epi8('q'),
+                  l = _mm256_set1_epi8('l'), zero = _mm256_setzero_si256();
+    while (i + 32 + NSEP - 1 <= len) {
+        __m256i acc = zero;             /* per-byte newline counts, summed every 255 blocks */
+        for (int k = 0; k < 255 && i + 32 + NSEP - 1 <= len; k++, i += 32) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(c + i));
+            __m256i y = _mm256_loadu_si256((const __m256i *)(c + i + NSEP - 1));
+            acc = _mm256_sub_epi8(acc, _mm256_cmpeq_epi8(x, nl));
+            uint32_t m1 = (uint32_t)_mm256_movemask_epi8(
+                _mm256_and_si256(_mm256_cmpeq_epi8(x, a), _mm256_cmpeq_epi8(y, quote)));
+            uint32_t m2 = (uint32_t)_mm256_movemask_epi8(
+                _mm256_and_si256(_mm256_cmpeq_epi8(x, q), _mm256_cmpeq_epi8(y, l)));
+            if ((m1 | m2) && candidates(t, c, at, i, m1, m2) < 0) {
+                *done = -1;
+                return 0;
+            }
+        }
+        __m256i sum = _mm256_sad_epu8(acc, zero);
+        lines += _mm256_extract_epi64(sum, 0) + _mm256_extract_epi64(sum, 1)
+            + _mm256_extract_epi64(sum, 2) + _mm256_extract_epi64(sum, 3);
+    }
+    *done = i;
+    return lines;
+}
+#endif
+
+/* One pass over c[at:at + len]: its newlines (returned; -1: out of memory), and the
+ * offsets in c of every `apparmor="` (t->seps) and `queue-full` (t->qf).  Neither string
+ * can overlap itself, so these are the occurrences a left-to-right search finds. */
+static Py_ssize_t
+prescan(Table *t, const char *c0, Py_ssize_t at, Py_ssize_t len)
+{
+    const char *c = c0 + at;
+    Py_ssize_t lines = 0, i = 0;
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2) {
+        lines = prescan_avx2(t, c, at, len, &i);
+        if (i < 0)
+            return -1;
+    }
+#endif
 #ifdef __SSE2__
     const __m128i nl = _mm_set1_epi8('\n'), a = _mm_set1_epi8('a'), quote = _mm_set1_epi8('"'),
                   q = _mm_set1_epi8('q'), l = _mm_set1_epi8('l'), zero = _mm_setzero_si128();
@@ -436,24 +546,12 @@ prescan(Table *t, const char *c, Py_ssize_t len)
             __m128i x = _mm_loadu_si128((const __m128i *)(c + i));
             __m128i y = _mm_loadu_si128((const __m128i *)(c + i + NSEP - 1));
             acc = _mm_sub_epi8(acc, _mm_cmpeq_epi8(x, nl));
-            unsigned m1 = (unsigned)_mm_movemask_epi8(
+            uint32_t m1 = (uint32_t)_mm_movemask_epi8(
                 _mm_and_si128(_mm_cmpeq_epi8(x, a), _mm_cmpeq_epi8(y, quote)));
-            unsigned m2 = (unsigned)_mm_movemask_epi8(
+            uint32_t m2 = (uint32_t)_mm_movemask_epi8(
                 _mm_and_si128(_mm_cmpeq_epi8(x, q), _mm_cmpeq_epi8(y, l)));
-            while (m1) {
-                int b = __builtin_ctz(m1);
-                if (memcmp(c + i + b + 1, SEP + 1, NSEP - 2) == 0 &&
-                        push(&t->seps, &t->nseps, &t->sepscap, i + b) < 0)
-                    return -1;
-                m1 &= m1 - 1;
-            }
-            while (m2) {
-                int b = __builtin_ctz(m2);
-                if (memcmp(c + i + b + 1, "ueue-ful", 8) == 0 &&
-                        push(&t->qf, &t->nqf, &t->qfcap, i + b) < 0)
-                    return -1;
-                m2 &= m2 - 1;
-            }
+            if ((m1 | m2) && candidates(t, c, at, i, m1, m2) < 0)
+                return -1;
         }
         __m128i sum = _mm_sad_epu8(acc, zero);
         lines += _mm_cvtsi128_si32(sum) + _mm_extract_epi16(sum, 4);
@@ -463,10 +561,10 @@ prescan(Table *t, const char *c, Py_ssize_t len)
         lines += c[j] == '\n';
         if (j + NSEP <= len) {
             if (c[j] == 'a' && memcmp(c + j, SEP, NSEP) == 0 &&
-                    push(&t->seps, &t->nseps, &t->sepscap, j) < 0)
+                    push(&t->seps, &t->nseps, &t->sepscap, at + j) < 0)
                 return -1;
             if (c[j] == 'q' && memcmp(c + j, "queue-full", 10) == 0 &&
-                    push(&t->qf, &t->nqf, &t->qfcap, j) < 0)
+                    push(&t->qf, &t->nqf, &t->qfcap, at + j) < 0)
                 return -1;
         }
     }
@@ -512,21 +610,20 @@ header(const char *c, Py_ssize_t oi)
     return stamp_ok(l + i + 11, n - i - 11) && n - i - 11 > 0 && l[n - 3] == ')';
 }
 
-/* Scan c[0:len]; returns newlines, or -1 when out of memory. */
-static Py_ssize_t
-scan(Table *t, const char *c, Py_ssize_t len)
+/* The records of the window c[a:b] (whole lines) whose `apparmor="` prescan found:
+ * counted, or handed back (t->bad).  *bad_ls: the start of the last line handed back.
+ * 0, or -1 when out of memory. */
+static int
+records(Table *t, const char *c, Py_ssize_t len, Py_ssize_t a, Py_ssize_t b,
+        Py_ssize_t *bad_ls)
 {
-    t->nseps = 0;
-    Py_ssize_t lines = prescan(t, c, len);
-    if (lines < 0)
-        return -1;
-    Py_ssize_t prev_end = 0, bad_ls = -1;
-    int first = 1;              /* the chunk starts at a line start */
+    Py_ssize_t prev_end = a;
+    int first = 1;              /* the window starts at a line start */
     for (Py_ssize_t k = 0; k < t->nseps; k++) {
         Py_ssize_t oi = t->seps[k];
         const char *o = c + oi;
         Py_ssize_t s = oi + NSEP;
-        Py_ssize_t lim = k + 1 < t->nseps ? t->seps[k + 1] : len;
+        Py_ssize_t lim = k + 1 < t->nseps ? t->seps[k + 1] : b;
         const char *le = memchr(c + s, '\n', (size_t)(lim - s));
         Py_ssize_t e = le ? le - c : lim;
         int done = 0;
@@ -551,8 +648,8 @@ scan(Table *t, const char *c, Py_ssize_t len)
         if (!done) {            /* the line's first other record decides for the line */
             const char *lsp = memrchr(c, '\n', (size_t)oi);
             Py_ssize_t ls = lsp ? (lsp - c) + 1 : 0;
-            if (ls != bad_ls) {
-                bad_ls = ls;
+            if (ls != *bad_ls) {
+                *bad_ls = ls;
                 int r = dbus_line(t, c, len, ls, oi, k);
                 if (r < 0)
                     return -1;
@@ -561,6 +658,29 @@ scan(Table *t, const char *c, Py_ssize_t len)
             }
         }
         prev_end = s;
+    }
+    return 0;
+}
+
+/* Scan c[0:len]; returns newlines, or -1 when out of memory.  In windows of whole lines
+ * of about WINDOW bytes: found, then counted, while the window is still in the cache. */
+static Py_ssize_t
+scan(Table *t, const char *c, Py_ssize_t len)
+{
+    Py_ssize_t lines = 0, a = 0, bad_ls = -1;
+    while (a < len) {
+        Py_ssize_t b = len;
+        if (len - a > WINDOW) {
+            const char *nl = memchr(c + a + WINDOW - 1, '\n', (size_t)(len - (a + WINDOW - 1)));
+            if (nl)
+                b = (nl - c) + 1;
+        }
+        t->nseps = 0;
+        Py_ssize_t n = prescan(t, c, a, b - a);
+        if (n < 0 || records(t, c, len, a, b, &bad_ls) < 0)
+            return -1;
+        lines += n;
+        a = b;
     }
     return flush_batch(t) < 0 ? -1 : lines;
 }
@@ -741,13 +861,13 @@ hexval(char ch)
     return -1;
 }
 
-/* scan.py's `_split`: (text before name= NUL text after comm= without the fsuid marker,
- * the name as str) when the name is quoted (no inner quote) or upper-case hex of even
- * length; else (the raw key, None).  New references in *tk, *name. */
+/* scan.py's `_split`: when the name is quoted (no inner quote, not empty) or upper-case
+ * hex of even length, *name is it (str) and *tid the number of the record's template
+ * (the text before name= NUL the text after comm=, numbered in t->tpl); else *name is None and *tid the raw key (bytes).  New references. */
 static int
-split(const char *key, Py_ssize_t klen, PyObject **tk, PyObject **name)
+split(Table *tab, const char *key, Py_ssize_t klen, PyObject **tid, PyObject **name)
 {
-    *tk = *name = NULL;
+    *tid = *name = NULL;
     const char *pid = find(key, klen, " pid=", 5);
     Py_ssize_t hl = pid ? pid - key : klen;
     const char *rest = pid ? pid + 5 : key + klen;
@@ -756,7 +876,7 @@ split(const char *key, Py_ssize_t klen, PyObject **tk, PyObject **name)
     if (nsep) {
         const char *nm = nsep + 6;
         Py_ssize_t nl = (key + hl) - nm;
-        if (nl >= 2 && nm[0] == '"' && nm[nl - 1] == '"' && !memchr(nm + 1, '"', (size_t)(nl - 2))) {
+        if (nl > 2 && nm[0] == '"' && nm[nl - 1] == '"' && !memchr(nm + 1, '"', (size_t)(nl - 2))) {
             *name = PyUnicode_DecodeUTF8(nm + 1, nl - 2, "surrogateescape");
         } else if (nl > 0 && !(nl & 1)) {
             char *buf = malloc((size_t)(nl / 2) + 1);
@@ -781,23 +901,36 @@ split(const char *key, Py_ssize_t klen, PyObject **tk, PyObject **name)
         }
         if (!*name)
             return -1;
-        if (rl >= 7 && memcmp(rest + rl - 7, " fsuid=", 7) == 0)
-            rl -= 7;
-        Py_ssize_t pl = nsep - key;
-        *tk = PyBytes_FromStringAndSize(NULL, pl + 1 + rl);
-        if (!*tk) {
+        Py_ssize_t pl = nsep - key, tl = pl + 1 + rl;
+        if (tl > tab->tkcap) {
+            char *nk = realloc(tab->tk, (size_t)tl);
+            if (!nk) {
+                Py_CLEAR(*name);
+                PyErr_NoMemory();
+                return -1;
+            }
+            tab->tk = nk;
+            tab->tkcap = tl;
+        }
+        memcpy(tab->tk, key, (size_t)pl);
+        tab->tk[pl] = '\0';
+        memcpy(tab->tk + pl + 1, rest, (size_t)rl);
+        Py_ssize_t id = number(&tab->tpl, tab->tk, tl, hash_bytes(tab->tk, tl, tab->seed));
+        if (id < 0) {
+            Py_CLEAR(*name);
+            PyErr_NoMemory();
+            return -1;
+        }
+        *tid = PyLong_FromSsize_t(id);
+        if (!*tid) {
             Py_CLEAR(*name);
             return -1;
         }
-        char *d = PyBytes_AS_STRING(*tk);
-        memcpy(d, key, (size_t)pl);
-        d[pl] = '\0';
-        memcpy(d + pl + 1, rest, (size_t)rl);
         return 0;
     }
 raw:
-    *tk = PyBytes_FromStringAndSize(key, klen);
-    if (!*tk)
+    *tid = PyBytes_FromStringAndSize(key, klen);
+    if (!*tid)
         return -1;
     Py_INCREF(Py_None);
     *name = Py_None;
@@ -814,34 +947,45 @@ Table_take(Table *tab, PyObject *arg)
         PyErr_SetString(PyExc_RuntimeError, "Table is being fed");
         return NULL;
     }
+    int restart = tab->tpl.n >= TEMPLATES;
+    if (restart)
+        clear(&tab->tpl);       /* bounded: the numbering starts again */
+    Py_ssize_t t0 = tab->tpl.n;
     Map *t = &tab->avc;
     /* no lookups until the next feed, which rebuilds the slots for what is left */
     free(t->slots);
     t->slots = NULL;
     t->nslots = 0;
     Py_ssize_t m = limit < t->n ? (limit > 0 ? limit : 0) : t->n;
-    PyObject *out = PyList_New(m);
+    PyObject *out = PyList_New(m), *fresh = NULL;
     if (!out)
         return NULL;
     for (Py_ssize_t i = 0; i < m; i++) {
         Entry *e = t->entries[t->n - 1];
-        PyObject *item = PyTuple_New(6);
+        PyObject *item = PyTuple_New(5);
         if (!item)
             goto fail;
         PyList_SET_ITEM(out, i, item);
         PyObject *v, *w;
-        if (split(e->key, e->klen, &v, &w) < 0)
+        if (split(tab, e->key, e->klen, &v, &w) < 0)
             goto fail;
         PyTuple_SET_ITEM(item, 0, v);
         PyTuple_SET_ITEM(item, 1, w);
         if (put_counts(item, 2, e) < 0)
             goto fail;
-        if (!(v = PyBytes_FromStringAndSize(e->key, e->klen)))
-            goto fail;
-        PyTuple_SET_ITEM(item, 5, v);
         t->kbytes -= e->klen;
         free(e);
         t->n--;
+    }
+    fresh = PyList_New(tab->tpl.n - t0);
+    if (!fresh)
+        goto fail;
+    for (Py_ssize_t i = t0; i < tab->tpl.n; i++) {
+        Entry *e = tab->tpl.entries[i];
+        PyObject *v = PyBytes_FromStringAndSize(e->key, e->klen);
+        if (!v)
+            goto fail;
+        PyList_SET_ITEM(fresh, i - t0, v);
     }
     if (!t->n && !tab->dbus.n) {
         clear(t);
@@ -849,10 +993,12 @@ Table_take(Table *tab, PyObject *arg)
         malloc_trim(0);         /* give the freed keys back: resident memory is budgeted */
 #endif
     }
-    return out;
+    return Py_BuildValue("(NNO)", out, fresh, restart ? Py_True : Py_False);
 fail:
     Py_DECREF(out);
+    Py_XDECREF(fresh);
     clear(t);           /* a half-taken table is of no use: the scan fails */
+    clear(&tab->tpl);
     return NULL;
 }
 
@@ -923,6 +1069,8 @@ Table_dealloc(Table *t)
 {
     clear(&t->avc);
     clear(&t->dbus);
+    clear(&t->tpl);
+    free(t->tk);
     free(t->dkey);
     free(t->scratch);
     free(t->bad);
@@ -935,8 +1083,9 @@ static PyMethodDef Table_methods[] = {
     {"feed", (PyCFunction)Table_feed, METH_O,
      "feed(chunk) -> (newlines, offsets of records for the fallback, offsets of queue-full)"},
     {"take", (PyCFunction)Table_take, METH_O,
-     "take(n) -> up to n [(tk, name, count, first, last, raw key)], the newest first, "
-     "removed from the table"},
+     "take(n) -> (up to n [(template number or raw key, name or None, count, first, "
+     "last)], the newest first, removed from the table; the templates numbered in this "
+     "call, in order; whether the numbering started again at 0)"},
     {"take_dbus", (PyCFunction)Table_take_dbus, METH_NOARGS,
      "take_dbus() -> [(raw key, count, first, last)] of the dbus records, oldest first"},
     {NULL, NULL, 0, NULL},
@@ -983,9 +1132,21 @@ PyInit__avcscan(void)
 {
     if (PyType_Ready(&TableType) < 0)
         return NULL;
+#ifdef HAVE_AVX2_PATH
+    __builtin_cpu_init();
+    use_avx2 = __builtin_cpu_supports("avx2") && !getenv("VIRT_AA_NO_AVX2");
+#endif
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
+#ifdef HAVE_AVX2_PATH
+    if (PyModule_AddIntConstant(m, "AVX2", use_avx2) < 0) {
+#else
+    if (PyModule_AddIntConstant(m, "AVX2", 0) < 0) {
+#endif
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&TableType);
     if (PyModule_AddObject(m, "Table", (PyObject *)&TableType) < 0) {
         Py_DECREF(&TableType);

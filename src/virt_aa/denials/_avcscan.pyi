@@ -1,5 +1,7 @@
 """Types of the C raw-key counter (_avcscan.c)."""
 
+AVX2: int     # 1: the search runs 32 bytes at a time (the CPU has AVX2, VIRT_AA_NO_AVX2 unset)
+
 class Table:
     """Raw keys of plain AVC records with counts and first/last stamps."""
 
@@ -11,5 +13,6 @@ class Table:
     def __len__(self) -> int: ...
     def feed(self, chunk: bytes | bytearray | memoryview) -> tuple[int, list[int], list[int]]: ...
     def take_dbus(self) -> list[tuple[bytes, int, float | None, float | None]]: ...
-    def take(self, n: int) -> list[tuple[bytes, str | None, int, float | None, float | None,
-                                         bytes]]: ...
+    def take(self, n: int) -> tuple[
+        list[tuple[int | bytes, str | None, int, float | None, float | None]], list[bytes],
+        bool]: ...

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from virt_aa.denials.groups import _Acc
 from virt_aa.denials.parse import _MODE_RE, _tokens, notices, parse_line, resource_of
 
-TEMPLATES = 65_536          # decoded record templates kept (small tuples)
+TEMPLATES = 65_536          # record templates numbered before the numbering restarts (as in C)
 
 
 class Limits(NamedTuple):
@@ -37,6 +37,8 @@ class Limits(NamedTuple):
 _G0, _G1, _G2, _GL = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(-1)
 _PROBE = "\0probe"          # a name no record has: what a template does with the name
 _MODES = frozenset({"DENIED", "ALLOWED", "AUDIT", "STATUS", "HINT", "ERROR", "KILL"})
+# fields of a record's head that neither `resource_of` nor the masks read
+_INERT = frozenset({"apparmor", "operation", "class", "info", "error", "profile", "label"})
 # `MODE" operation="OP" parent=N`: the parent's pid varies like the pid (raw keys drop it)
 _PARENT_RE = re.compile(rb'^([A-Z]+" operation="[a-z_]+") parent=[0-9]+(?= )')
 _WIN = slice(-36, None)     # the bytes before apparmor=": "...audit(EPOCH.mmm:SERIAL): "
@@ -113,8 +115,11 @@ class _Audit:
         self.dfirst: dict[bytes, bytes] = {}
         self.dlast: dict[bytes, bytes] = {}
         self.pre_cache: dict[bytes, tuple[dict[str, str], bool]] = {}
-        self.tpl_cache: dict[bytes, tuple[Any, ...]] = {}
+        self.tpls: list[tuple[Any, ...]] = []   # decoded templates, by number
+        self.tids: dict[bytes, int] = {}        # the pure-Python path's numbering
         self.rest_cache: dict[bytes, tuple[dict[str, str], bool]] = {}
+        self.heads: dict[bytes, tuple[Any, ...]] = {}               # `_plain_head`
+        self.rests: dict[tuple[str, bytes], tuple[Any, ...]] = {}   # `_plain_rest`
 
     def chunk(self, c: bytes | bytearray, end: int | None = None) -> None:
         """Count the records of c[:end], whole lines (the last one may lack its newline)."""
@@ -234,27 +239,45 @@ class _Audit:
             if rec is not None:
                 acc.add(rec)
 
-    def _raw(self) -> Iterator[tuple[bytes, str | None, int, float | None, float | None,
-                                     bytes]]:
-        """(tk, name, count, first, last, raw key) of every plain AVC raw key (tk and name:
-        see `_split`), emptying the counter."""
+    def _raw(self) -> Iterator[tuple[list[tuple[Any, str | None, int, float | None,
+                                                float | None]], list[bytes], bool]]:
+        """Batches of every plain AVC raw key, emptying the counter: (items, the templates
+        numbered in the batch, whether the numbering restarted); an item is (template
+        number, name, count, first, last) when the name is the usual one (`_split`), else
+        (raw key, None, count, first, last)."""
         if self.table is not None:
             take = self.table.take
             batch = self.limits.batch
             while True:                 # in batches: raw keys and groups never peak together
-                items = take(batch)
-                if not items:
+                got = take(batch)
+                if not got[0]:
                     return
-                yield from items
+                yield got
         cnt = self.cnt
         pop_first, pop_last = self.first.pop, self.last.pop
+        tids = self.tids
+        restart = len(tids) >= TEMPLATES
+        if restart:
+            tids.clear()
+        items: list[tuple[Any, str | None, int, float | None, float | None]] = []
+        fresh: list[bytes] = []
         while cnt:
             key, n = cnt.popitem()
             fw = pop_first(key, None)
             lw = pop_last(key, None)
+            first = _stamp_time(fw) if fw else None
+            last = _stamp_time(lw) if lw else None
             tk, name = _split(key)
-            yield (tk, name, n, _stamp_time(fw) if fw else None,
-                   _stamp_time(lw) if lw else None, key)
+            if name is None:
+                items.append((key, None, n, first, last))
+                continue
+            tid = tids.get(tk)
+            if tid is None:
+                tid = tids[tk] = len(tids)
+                fresh.append(tk)
+            items.append((tid, name, n, first, last))
+        if items:
+            yield items, fresh, restart
 
     def _notices(self, c: bytes | bytearray, offsets: Iterable[int], end: int) -> None:
         """The notices on the lines of `offsets` in c[:end] (each line once)."""
@@ -303,16 +326,20 @@ class _Audit:
 
     def _template(self, tk: bytes) -> tuple[Any, ...]:
         """What every record with this text before name= and after comm= (`tk`: the two
-        joined by NUL) shares, if the name is what it is about (else empty): the group key
-        around the name (head, tail: head + (name,) + tail, or head alone when `fold`
-        drops the name), cut, kept, and the same for the unfolded key."""
+        joined by NUL) shares, if the name is what it is about: the group key around the
+        name (head, tail: head + (name,) + tail, or head alone when `fold` drops the
+        name), cut, kept, and the same for the unfolded key.  Else (None, tk, False,
+        None, None, None): each such record is decoded on its own."""
+        unusual = (None, tk, False, None, None, None)
         if b"\x1d" in tk:               # ENRICHED's separator inside the record: parsed
-            return ()
+            return unusual
         pre, _, rest = tk.partition(b"\0")
+        if rest.endswith(b" fsuid="):
+            rest = rest[:-7]
         f, popen = self._cached(pre, self.pre_cache, 'apparmor="')
         mode = f.get("apparmor", "")
         if popen or "name" in f or not _MODE_RE.fullmatch(mode):
-            return ()
+            return unusual
         f = dict(f)
         f["name"] = _PROBE
         ropen = False
@@ -323,7 +350,7 @@ class _Audit:
                     f[k] = v
         op = f.get("operation")
         if resource_of(f, op, "kernel") != _PROBE:
-            return ()
+            return unusual
         req, den = _masks(f)
         i = self.acc._intern
         prof = i(f.get("profile") or f.get("label"))
@@ -348,50 +375,73 @@ class _Audit:
         gget = groups.get
         cap = acc.max_groups
         put = acc.put
-        tcache = self.tpl_cache
-        tget = tcache.get
+        tpls = self.tpls
         records = truncated = filtered = 0
-        for tk, name, n, first, last, key in self._raw():
-            if name:
+        for items, fresh, restart in self._raw():
+            if restart:
+                tpls.clear()
+            tpls.extend(map(self._template, fresh))
+            for tid, name, n, first, last in items:
+                if name is None:
+                    self._decode(tid, n, first, last)
+                    continue
                 # the common case: everything but the name is shared with other keys
-                tpl = tget(tk)
-                if tpl is None:
-                    if len(tcache) >= TEMPLATES:
-                        tcache.clear()
-                    tpl = tcache[tk] = self._template(tk)
-                if tpl:
-                    head, tail, ropen, kept, raw_head, raw_tail = tpl
+                head, tail, ropen, kept, raw_head, raw_tail = tpls[tid]
+                if not kept:
+                    if kept is None:    # not the usual shape: the raw key's own way
+                        self._decode(_unsplit(tail, name), n, first, last)
+                        continue
                     records += n
                     if ropen:
                         truncated += n
-                    if not kept:
-                        filtered += n
-                        continue
-                    gk = head if tail is None else head + (name,) + tail
-                    g = gget(gk)
-                    if g is None:
-                        if len(groups) < cap and acc.room > 0:
-                            groups[gk] = [n, first, last]
-                            acc.room -= len(name)
-                        else:
-                            put(raw_head + (name,) + raw_tail, n, first, last)
-                        continue
-                    g[0] += n           # _widen, inline: the loop runs per raw key
-                    if first is not None and (g[1] is None or first < g[1]):
-                        g[1] = first
-                    if last is not None and (g[2] is None or last > g[2]):
-                        g[2] = last
+                    filtered += n
                     continue
-            self._decode(key, n, first, last)
+                records += n
+                if ropen:
+                    truncated += n
+                gk = head if tail is None else head + (name,) + tail
+                g = gget(gk)
+                if g is None:
+                    if len(groups) < cap and acc.room > 0:
+                        groups[gk] = [n, first, last]
+                        acc.room -= len(name)
+                    else:
+                        put(raw_head + (name,) + raw_tail, n, first, last)
+                    continue
+                g[0] += n               # _widen, inline: the loop runs per raw key
+                if first is not None and (g[1] is None or first < g[1]):
+                    g[1] = first
+                if last is not None and (g[2] is None or last > g[2]):
+                    g[2] = last
         acc.records += records
         acc.truncated += truncated
         acc.filtered += filtered
         self._dbus()
 
     def _decode(self, key: bytes, n: int, first: float | None, last: float | None) -> None:
-        """A raw key whose name is not the usual one: its fields, or the full parser."""
+        """A raw key whose name is not the usual one (most have none: signals, sockets,
+        capabilities): from what its head and its rest say, each decoded once (`_plain`),
+        else from its fields, or the full parser."""
         acc = self.acc
         head, _, rest = key.partition(b" pid=")
+        h = self.heads.get(head)
+        if h is None:
+            h = self._plain_head(head)
+        if h:
+            prof, mode, op, kept = h
+            r = self.rests.get((op, rest))
+            if r is None:
+                r = self._plain_rest(op, rest)
+            if r:
+                res, req, den, ropen = r
+                acc.records += n
+                if ropen:
+                    acc.truncated += n
+                if kept:
+                    acc.put((prof, mode, op, res, req, den), n, first, last)
+                else:
+                    acc.filtered += n
+                return
         marker = rest.endswith(b" fsuid=")
         if marker:
             rest = rest[:-7]
@@ -422,6 +472,41 @@ class _Audit:
         op = f.get("operation")
         req, den = _masks(f)
         acc.put((prof, mode, op, resource_of(f, op, "kernel"), req, den), n, first, last)
+
+    def _plain_head(self, head: bytes) -> tuple[Any, ...]:
+        """(profile, mode, operation, kept) of the text before pid= when it names only what
+        never enters the resource or the masks (else empty: `_decode` takes the long way)."""
+        got: tuple[Any, ...] = ()
+        if b"\x1d" not in head and b" name=" not in head:
+            f, hopen = self._cached(head, self.pre_cache, 'apparmor="')
+            mode = f.get("apparmor", "")
+            prof = f.get("profile")
+            op = f.get("operation")
+            if (not hopen and prof and op is not None and f.keys() <= _INERT
+                    and (mode in _MODES or _MODE_RE.fullmatch(mode))):
+                i = self.acc._intern
+                keep = self.acc.keep
+                got = (i(prof), mode, i(op), keep is None or bool(keep(prof)))
+        if len(self.heads) >= 32768:
+            self.heads.clear()
+        self.heads[head] = got
+        return got
+
+    def _plain_rest(self, op: str, rest: bytes) -> tuple[Any, ...]:
+        """(resource, requested, denied, cut) of the text after comm= for `op`, when the
+        head names nothing it depends on (`_plain_head`); empty when it holds ENRICHED's
+        separator (the full parser decides)."""
+        got: tuple[Any, ...] = ()
+        if b"\x1d" not in rest:
+            body = rest[:-7] if rest.endswith(b" fsuid=") else rest
+            rf, ropen = self._cached(body, self.rest_cache, "") if body else ({}, False)
+            i = self.acc._intern
+            req, den = _masks(rf)
+            got = (resource_of(rf, op, "kernel"), i(req), i(den), ropen)
+        if len(self.rests) >= 32768:
+            self.rests.clear()
+        self.rests[op, rest] = got
+        return got
 
     def _dbus_raw(self) -> Iterator[tuple[bytes, int, float | None, float | None]]:
         """(raw key, count, first, last) of the dbus USER_AVC records, oldest key first."""
@@ -465,18 +550,23 @@ def _name(nm: bytes) -> str | None:
 
 
 def _split(key: bytes) -> tuple[bytes, str | None]:
-    """A raw key as (text before name= NUL text after comm= without the fsuid marker, the
-    name) when its name is the kernel's usual one (`_name`), else (the raw key, None).
-    The C counter's `take` does the same."""
+    """A raw key as (text before name= NUL text after comm=, the name) when its name is
+    the kernel's usual one (`_name`) and not empty, else (the raw key, None).  The C
+    counter's `take` does the same (and numbers the first part)."""
     head, _, rest = key.partition(b" pid=")
     pre, nsep, nm = head.partition(b" name=")
     if nsep:
         name = _name(nm)
-        if name is not None:
-            if rest.endswith(b" fsuid="):
-                rest = rest[:-7]
+        if name:
             return pre + b"\0" + rest, name
     return key, None
+
+
+def _unsplit(tk: bytes, name: str) -> bytes:
+    """The raw key `_split` took apart (the name in hex, which decodes the same)."""
+    pre, _, rest = tk.partition(b"\0")
+    return b"".join((pre, b" name=", name.encode("utf-8", "surrogateescape").hex().upper()
+                     .encode("ascii"), b" pid=", rest))
 
 
 _HEX_B = re.compile(rb"[0-9A-F]+")

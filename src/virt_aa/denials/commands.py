@@ -473,29 +473,32 @@ def _sorted(parts: list[list[Ordered]]) -> Iterator[Ordered]:
 
 
 class _Iso:
-    """`report._iso` for many stamps: the date once per day, the string once per second
-    (`quote`: with the JSON quotes around it)."""
+    """`report._iso` for many stamps: the date once per day, the text up to the minute once
+    per minute (`quote`: with the JSON quotes around it)."""
 
     def __init__(self, quote: str = "") -> None:
         self.days: dict[int, str] = {}
-        self.secs: dict[float, str] = {}
+        self.mins: dict[float, str] = {}
         self.hm = [f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60)]
+        # divmod(-1e-20, 60) is (-1.0, 60.0): the 61st is second 59 of the minute before
+        self.ss = [f"{s:02d}Z{quote}" for s in range(60)] + [f"59Z{quote}"]
         self.quote = quote
 
     def __call__(self, t: float | None) -> str | None:
         if t is None:
             return None
-        sec = t // 1
-        s = self.secs.get(sec)
-        if s is None:
-            d, r = divmod(int(sec), 86400)
-            day = self.days.get(d)
-            if day is None:
-                day = self.days[d] = time.strftime("%Y-%m-%dT", time.gmtime(d * 86400))
-            if len(self.secs) > 65536:
-                self.secs.clear()
-            s = self.secs[sec] = (f"{self.quote}{day}{self.hm[r // 60]}{r % 60:02d}Z"
-                                  f"{self.quote}")
+        m, r = divmod(t, 60)            # floored, as gmtime does
+        return (self.mins.get(m) or self.minute(m)) + self.ss[int(r)]
+
+    def minute(self, m: float) -> str:
+        """The text of minute `m` since the epoch, up to its seconds (cached)."""
+        d, r = divmod(int(m), 1440)
+        day = self.days.get(d)
+        if day is None:
+            day = self.days[d] = time.strftime("%Y-%m-%dT", time.gmtime(d * 86400))
+        if len(self.mins) > 65536:
+            self.mins.clear()
+        s = self.mins[m] = f"{self.quote}{day}{self.hm[r]}"
         return s
 
 
@@ -551,7 +554,7 @@ def json_renderer(info: dict[str, Any], per: int = 2000
 
     def render(parts: list[list[Ordered]]) -> Iterator[str]:
         iso = _Iso('"')
-        stamps = iso.secs
+        mins, minute, ss = iso.mins, iso.minute, iso.ss
         lead: dict[tuple[str, str, str], str] = {}    # the row up to its resource
         words: dict[str, str] = {}
 
@@ -562,9 +565,17 @@ def json_renderer(info: dict[str, Any], per: int = 2000
 
         rows_: list[str] = []
         for negn, op, resource, mode, perms, prof, first, last in _sorted(parts):
-            # stamps: one dict lookup per second already seen (`_Iso` fills it)
-            f = "null" if first is None else stamps.get(first // 1) or iso(first)
-            la = "null" if last is None else stamps.get(last // 1) or iso(last)
+            # stamps: `_Iso`, inline (one dict lookup per stamp)
+            if first is None:
+                f = "null"
+            else:
+                m, sec = divmod(first, 60)
+                f = (mins.get(m) or minute(m)) + ss[int(sec)]
+            if last is None:
+                la = "null"
+            else:
+                m, sec = divmod(last, 60)
+                la = (mins.get(m) or minute(m)) + ss[int(sec)]
             p = words.get(perms) or words.setdefault(perms, enc(perms))
             rows_.append(
                 f'{lead.get((prof, op, mode)) or start(prof, op, mode)}{enc(resource)}, '

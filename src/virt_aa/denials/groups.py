@@ -189,7 +189,9 @@ class _Acc:
             if g is None:
                 if len(groups) < cap and self.room > 0:
                     groups[key] = v
-                    self.room -= sum(len(x) for x in key if isinstance(x, str))
+                    res = key[3] if len(key) > 3 else None     # the resource, as in `put`
+                    if isinstance(res, str):
+                        self.room -= len(res)
                     continue
                 self.overflow += v[0]
                 key = key[:3] + (None,) * (len(key) - 3)

@@ -96,10 +96,15 @@ class _Chan:
         return self._take()
 
 
-def _route(acc: _Acc, ours: Callable[[str], bool]) -> list[Any]:
-    """Take the groups of the other process's VMs out of `acc`, for it."""
-    give = [k for k in acc.groups if not ours(k[0])]
-    pop = acc.groups.pop
+def _route(acc: _Acc, profiles: set[str], theirs: bool) -> list[Any]:
+    """Take the groups of the other process's VMs out of `acc`, for it: those of
+    `profiles` (`theirs`), or those of every other profile."""
+    groups = acc.groups
+    if theirs:
+        give = [k for k in groups if k[0] in profiles]
+    else:
+        give = [k for k in groups if k[0] not in profiles]
+    pop = groups.pop
     return [(k, pop(k)) for k in give]
 
 
@@ -174,7 +179,7 @@ def _worker(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any,
         chan.send((st, Counter(k[0] for k in acc.groups)))
         mine, names = chan.recv()
         st0 = (acc.filtered, acc.overflow)
-        acc.put_many(chan.swap(_route(acc, mine.__contains__)))
+        acc.put_many(chan.swap(_route(acc, mine, False)))
         found = Scan()
         found.table = acc.groups
         chan.send((acc.filtered - st0[0], acc.overflow - st0[1], len(acc.groups),
@@ -225,7 +230,7 @@ def _lead(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any, u
     chan.send((mine, names))
     out.write(json.dumps({"source": "file", "records": acc.records})[:-1] + ', "groups": [')
     out.flush()                         # before the worker writes its VMs
-    acc.put_many(chan.swap(_route(acc, lambda p: p not in mine)))
+    acc.put_many(chan.swap(_route(acc, mine, True)))
     filtered, overflow, their_rows, their_profiles = chan.recv()
     acc.filtered += filtered
     acc.overflow += overflow

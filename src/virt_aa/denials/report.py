@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from virt_aa.generate.accesses import Rule
-from virt_aa.generate.domain import Domain
 from virt_aa.generate.paths import escape, has_control, normalize, restricted
 
 from .catalogue import KNOWN, Known
 from .programs import program_of
+
+if TYPE_CHECKING:                       # the generator is not loaded to read a log
+    from virt_aa.generate.accesses import Rule
+    from virt_aa.generate.domain import Domain
 
 FILE_OPS = frozenset({
     "open", "file_mmap", "mknod", "link", "rename_src", "rename_dest", "truncate", "chmod",

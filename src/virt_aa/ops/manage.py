@@ -21,6 +21,7 @@ from virt_aa.host.fsutil import read_text, write_atomic
 from virt_aa.host.journal import Journal
 from virt_aa.host.libvirtversion import host_libvirt
 from virt_aa.host.store import MODES, Store, StoreError
+from virt_aa.ops.errors import ManageError as ManageError
 from virt_aa.policy.localrules import (
     PROVENANCE,
     LocalRule,
@@ -37,10 +38,6 @@ from virt_aa.policy.localrules import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from virt_aa.policy.isolation import Owned
-
-
-class ManageError(RuntimeError):
-    """One line for the admin: what failed, what to do; nothing was changed."""
 
 
 class VM:
