@@ -92,20 +92,36 @@ mix(uint64_t h)
     return h;
 }
 
+/* The high and low halves of a * b, folded: one multiply mixes 16 bytes. */
+static inline uint64_t
+fold_mul(uint64_t a, uint64_t b)
+{
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+
+/* Seeded (the caller's os.urandom): a hostile log cannot aim keys at one slot. */
 static uint64_t
 hash_bytes(const char *p, Py_ssize_t n, uint64_t seed)
 {
+    const uint64_t k1 = 0xa0761d6478bd642fULL, k2 = 0xe7037ed1a0b428dbULL;
     uint64_t h = seed ^ ((uint64_t)n * 0x9E3779B97F4A7C15ULL);
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        h = mix(h ^ w) + 0x9E3779B97F4A7C15ULL;
-        p += 8;
-        n -= 8;
+    while (n >= 16) {
+        uint64_t a, b;
+        memcpy(&a, p, 8);
+        memcpy(&b, p + 8, 8);
+        h = fold_mul(a ^ k1 ^ h, b ^ k2 ^ seed);
+        p += 16;
+        n -= 16;
     }
-    uint64_t w = 0;
-    memcpy(&w, p, (size_t)n);
-    return mix(h ^ w ^ seed);
+    uint64_t a = 0, b = 0;
+    if (n > 8) {
+        memcpy(&a, p, 8);
+        memcpy(&b, p + 8, (size_t)(n - 8));
+    } else {
+        memcpy(&a, p, (size_t)n);
+    }
+    return mix(fold_mul(a ^ k1 ^ h, b ^ k2 ^ seed) ^ seed);
 }
 
 static int

@@ -571,7 +571,9 @@ def json_renderer(info: dict[str, Any], per: int = 2000
             else:
                 m, sec = divmod(first, 60)
                 f = (mins.get(m) or minute(m)) + ss[int(sec)]
-            if last is None:
+            if last == first:
+                la = f
+            elif last is None:
                 la = "null"
             else:
                 m, sec = divmod(last, 60)
