@@ -9,7 +9,7 @@ new groups fold into one per (profile, mode, operation).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from virt_aa.denials.parse import Record, resource_of
@@ -178,7 +178,7 @@ class _Acc:
                 "overflow": self.overflow, "twins": self.twins, "guessed": self.guessed,
                 "long_lines": self.long_lines, "bytes": self.nbytes}
 
-    def put_many(self, items: list[tuple[Any, list[Any]]]) -> None:
+    def put_many(self, items: Iterable[tuple[Any, list[Any]]]) -> None:
         """`put` for each (key, [count, first, last]) of another worker (the lists are
         taken over)."""
         groups = self.groups

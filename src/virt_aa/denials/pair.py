@@ -96,16 +96,23 @@ class _Chan:
         return self._take()
 
 
-def _route(acc: _Acc, profiles: set[str], theirs: bool) -> list[Any]:
+def _route(acc: _Acc, profiles: set[str], theirs: bool) -> tuple[list[Any], list[Any]]:
     """Take the groups of the other process's VMs out of `acc`, for it: those of
-    `profiles` (`theirs`), or those of every other profile."""
+    `profiles` (`theirs`), or those of every other profile.  Sent as the keys' columns
+    and the values (half the pickling of (key, value) pairs: `_merge` rebuilds them)."""
     groups = acc.groups
     if theirs:
         give = [k for k in groups if k[0] in profiles]
     else:
         give = [k for k in groups if k[0] not in profiles]
     pop = groups.pop
-    return [(k, pop(k)) for k in give]
+    return [list(c) for c in zip(*give, strict=True)], [pop(k) for k in give]
+
+
+def _merge(acc: _Acc, routed: tuple[list[Any], list[Any]]) -> None:
+    """Add what `_route` took out of the other process's groups to `acc`."""
+    cols, values = routed
+    acc.put_many(zip(zip(*cols, strict=True), values, strict=True))
 
 
 def denials_json(path: str, uuid: str | None, out: IO[str],
@@ -179,7 +186,7 @@ def _worker(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any,
         chan.send((st, Counter(k[0] for k in acc.groups)))
         mine, names = chan.recv()
         st0 = (acc.filtered, acc.overflow)
-        acc.put_many(chan.swap(_route(acc, mine, False)))
+        _merge(acc, chan.swap(_route(acc, mine, False)))
         found = Scan()
         found.table = acc.groups
         chan.send((acc.filtered - st0[0], acc.overflow - st0[1], len(acc.groups),
@@ -230,7 +237,7 @@ def _lead(path: str, rng: tuple[int, int], auditd: bool, keep: Any, fold: Any, u
     chan.send((mine, names))
     out.write(json.dumps({"source": "file", "records": acc.records})[:-1] + ', "groups": [')
     out.flush()                         # before the worker writes its VMs
-    acc.put_many(chan.swap(_route(acc, mine, True)))
+    _merge(acc, chan.swap(_route(acc, mine, True)))
     filtered, overflow, their_rows, their_profiles = chan.recv()
     acc.filtered += filtered
     acc.overflow += overflow
