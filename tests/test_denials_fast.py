@@ -27,6 +27,7 @@ import pytest
 
 from conftest import GENDENIALS
 from virt_aa.denials import commands as dc
+from virt_aa.denials import rows as dr
 from virt_aa.denials import scan
 from virt_aa.denials.auditscan import _unsplit
 from virt_aa.denials.scan import _PARENT_RE, _split, _stamp_time, group_file
@@ -278,22 +279,22 @@ def test_write_json_rows_is_json_dumps_of_rows(tmp_path: Path) -> None:
         out = tmp_path / f"rows{n}.json"
         with open(out, "w", encoding="ascii") as f:
             f.write("[")
-            dc.write_json_rows(found, names, f)
+            dr.write_json_rows(found, names, f)
             f.write("]")
-        want = json.dumps(list(dc.rows(found, names)), ensure_ascii=True)
+        want = json.dumps(list(dr.rows(found, names)), ensure_ascii=True)
         assert out.read_text() == want
         small = io.StringIO()           # no file descriptor: one process
-        dc.write_json_rows(found, names, small)
+        dr.write_json_rows(found, names, small)
         assert "[" + small.getvalue() + "]" == want
         rows = json.loads(want)
-        assert rows == dc.group_dicts(found.groups.values(), names)
+        assert rows == dr.group_dicts(found.groups.values(), names)
     # the output going away (`| head`) or filling up: the usual errors
     r, w = os.pipe()
     os.close(r)
     with os.fdopen(w, "w", encoding="ascii") as gone, pytest.raises(BrokenPipeError):
-        dc.write_json_rows(found, names, gone)
+        dr.write_json_rows(found, names, gone)
     with open("/dev/full", "w", encoding="ascii") as full, pytest.raises(OSError) as err:
-        dc.write_json_rows(found, names, full)
+        dr.write_json_rows(found, names, full)
     assert err.value.errno == errno.ENOSPC
 
 

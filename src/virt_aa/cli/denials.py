@@ -95,6 +95,7 @@ def _follow(args: argparse.Namespace) -> int:
 
 def _denials(args: argparse.Namespace) -> int:
     from virt_aa.denials import commands as dc
+    from virt_aa.denials import rows as dr
 
     if getattr(args, "follow", False):
         return _follow(args)
@@ -114,13 +115,13 @@ def _denials(args: argparse.Namespace) -> int:
             progress.close()
     found, _, _, names = _denial_scan(args)
     warnings = dc.honesty(found, _store(args), {p.split("//")[0] for p in found.profiles()})
-    rows = dc.rows(found, names)
+    rows = dr.rows(found, names)
     if getattr(args, "json", False) and not sys.stdout.isatty():
         # streamed: 100k groups never sit in memory as one document
         head = json.dumps({"source": found.kind, "records": found.records})[:-1]
         out = sys.stdout
         out.write(head + ', "groups": [')
-        dc.write_json_rows(found, names, out)
+        dr.write_json_rows(found, names, out)
         out.write('], ' + json.dumps(found.accounting())[1:-1] + ', "warnings": '
                   + json.dumps(warnings, ensure_ascii=True) + "}\n")
         return 0

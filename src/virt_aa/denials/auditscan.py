@@ -142,7 +142,11 @@ class _Audit:
                     or table.dbus_len > lim.flush):
                 self.flush()
             return
-        c = bytes(c[:end]) if end != len(c) or not isinstance(c, bytes) else c
+        self._chunk_py(bytes(c[:end]) if end != len(c) or not isinstance(c, bytes) else c)
+
+    def _chunk_py(self, c: bytes) -> None:
+        """`chunk` without the C counter: bytes operations over the whole chunk at a time."""
+        acc = self.acc
         if c[-1:] != b"\n":
             c += b"\n"
         acc.lines += _count_lines(c)

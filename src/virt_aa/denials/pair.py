@@ -32,9 +32,10 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from . import scan as S
-from .commands import Scan, _by_vm, child_code, json_renderer, keep_fold, raise_for_child
+from .commands import Scan, child_code, keep_fold, raise_for_child
 from .groups import _Acc
 from .parse import NOTICE_KINDS
+from .rows import _by_vm, json_renderer
 
 
 class _Chan:
