@@ -64,6 +64,7 @@ from virt_aa.denials.twins import Twins
 __all__ = ["Group", "GroupKey", "ScanResult", "group_file", "group_lines"]
 
 CHUNK = 8 << 20             # bytes read per step
+C_CHUNK = 1 << 20           # ... by the C path (at most CHUNK): read, then scanned in the cache
 MAX_LINE = 16 << 20         # a longer line is cut there (and counted in ``long_lines``)
 MAX_GROUPS = 150_000        # beyond this, new groups are folded into one per profile/mode/op
 MAX_GROUP_BYTES = 32 << 20  # ... and beyond this many bytes of resource names
@@ -227,11 +228,12 @@ def _read_into(fd: int, start: int, end: int, aud: _Audit, acc: _Acc,
                report: Callable[[int], None] | None) -> None:
     """The C path's reading: chunks of whole lines into one reused buffer (no copies and
     no fresh pages per chunk; the Python path's lines, `_long_line` included)."""
-    buf = bytearray(CHUNK)
+    size = min(CHUNK, C_CHUNK)
+    buf = bytearray(size)
     pos = start
     with memoryview(buf) as mv:
         while pos < end:
-            want = min(CHUNK, end - pos)
+            want = min(size, end - pos)
             with mv[:want] as dst:
                 n = os.preadv(fd, [dst], pos)
             if not n:
@@ -241,9 +243,17 @@ def _read_into(fd: int, start: int, end: int, aud: _Audit, acc: _Acc,
                 k = buf.rfind(b"\n", 0, n) + 1
                 if k:
                     cut = k
-                else:                   # one line longer than a chunk
-                    line, cut = _long_line(fd, bytes(buf[:n]), pos, end, acc)
-                    aud.chunk(line)
+                else:                   # one line longer than this chunk: as the Python path
+                    b = os.pread(fd, min(CHUNK, end - pos), pos)
+                    cut = b.rfind(b"\n") + 1
+                    if cut and pos + len(b) < end:
+                        aud.chunk(b, cut)
+                    elif pos + len(b) >= end:
+                        cut = len(b)
+                        aud.chunk(b, cut)
+                    else:               # ... longer than CHUNK: MAX_LINE of it
+                        line, cut = _long_line(fd, b, pos, end, acc)
+                        aud.chunk(line)
                     n = 0
             if n:
                 aud.chunk(buf, cut)
