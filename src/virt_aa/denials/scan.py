@@ -2,8 +2,10 @@
 
 `group_file` splits the file into byte ranges that start at line starts, one
 per worker process (fork; this process scans the first range itself), and
-reads each range in chunks of 8 MB into one reused buffer (the file is never
-mapped: mapped pages would count as resident memory).
+reads each range in chunks of whole lines (8 MB; 1 MB into one reused buffer
+for the C counter, which then finds and counts while the chunk is in the
+cache).  The file is never mapped: mapped pages would count as resident
+memory, and a file truncated under a mapping kills the reader with SIGBUS.
 Groups are keyed the caller's way (`fold`) as they are made; workers stream
 theirs back through a pipe in batches, and this process merges them.
 
