@@ -31,14 +31,15 @@ from virt_aa.generate.model import (
     _unparsable,
     _yes,
     disk_index,
+    domain_root,
     insert_disk,
     parse_uuid,
+    read_metadata,
     valid_disk_name,
     valid_name,
 )
 from virt_aa.generate.versions import Libvirt, libvirt
-from virt_aa.generate.xmlsafe import Node, XMLError, parse
-from virt_aa.policy.named import PolicyError, find_metadata, parse_metadata
+from virt_aa.generate.xmlsafe import Node
 
 __all__ = ["QEMU_TYPES", "SMARTCARD_DEFAULT_DB", "Chardev", "Disk", "Domain", "DomainError",
            "Filesystem", "Graphics", "Hostdev", "Interface", "Shmem", "Smartcard", "Storage",
@@ -242,18 +243,6 @@ def _hostdev(node: Node) -> Hostdev | None:
     return Hostdev(type_)
 
 
-def domain_root(data: bytes) -> Node:
-    """The safely parsed document, which must be a <domain> (stock's messages)."""
-    try:
-        root = parse(data)
-    except XMLError as exc:
-        raise DomainError(("error", f"could not get VM definition: {exc}")) from None
-    if root.tag != "domain":
-        raise DomainError(("error", f"could not get VM definition: root element is "
-                                    f"<{root.tag}>, expected <domain>"))
-    return root
-
-
 def parse_domain(data: bytes, lv: Libvirt | None = None) -> Domain:
     """Parse domain XML bytes; raise :class:`DomainError` as stock would fail.
 
@@ -333,12 +322,7 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
             if entry.get("file") is not None:
                 fwcfg.append(entry.get("file") or "")
     dom.fwcfg_files = tuple(fwcfg)
-    ours = find_metadata(root.find("metadata"), root)
-    if ours is not None:
-        try:
-            dom.meta = parse_metadata(ours)
-        except PolicyError as exc:
-            dom.meta_error = str(exc)
+    read_metadata(dom, root)
     return dom
 
 

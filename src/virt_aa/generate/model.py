@@ -8,7 +8,11 @@ parser in :mod:`virt_aa.generate.domain` shares.
 
 from __future__ import annotations
 
-from virt_aa.policy.named import Meta
+from virt_aa.generate.xmlsafe import Node, XMLError, parse
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~8 ms
+if TYPE_CHECKING:
+    from virt_aa.policy.named import Meta
 
 # libvirt's enums (9.0.0).  An attribute outside these makes libvirt's parser
 # fail with "could not parse XML", so it does here as well.
@@ -281,6 +285,41 @@ class Domain:
     @property
     def is_qemu(self) -> bool:
         return self.virt_type in QEMU_TYPES
+
+
+def domain_root(data: bytes) -> Node:
+    """The safely parsed document, which must be a <domain> (stock's messages).
+
+    Shared by the full parser and the hook's identity reader.
+    """
+    try:
+        root = parse(data)
+    except XMLError as exc:
+        raise DomainError(("error", f"could not get VM definition: {exc}")) from None
+    if root.tag != "domain":
+        raise DomainError(("error", f"could not get VM definition: root element is "
+                                    f"<{root.tag}>, expected <domain>"))
+    return root
+
+
+def read_metadata(dom: Domain, root: Node) -> None:
+    """virt-aa's own ``<metadata>`` element, if any (named policies, mode).
+
+    Shared by the full parser and the hook's identity reader.  The policy
+    module is imported only when the domain has a ``<metadata>`` at all:
+    most have none, and this runs at every VM start.
+    """
+    metadata = root.find("metadata")
+    if metadata is None:
+        return
+    from virt_aa.policy.named import PolicyError, find_metadata, parse_metadata
+
+    ours = find_metadata(metadata, root)
+    if ours is not None:
+        try:
+            dom.meta = parse_metadata(ours)
+        except PolicyError as exc:
+            dom.meta_error = str(exc)
 
 
 def parse_uuid(text: str) -> str | None:
