@@ -69,3 +69,19 @@ def test_hook_prepare_imports_identity_only(corpus_images: Path, sandbox: Path) 
     assert not mods & HEAVY, sorted(mods & HEAVY)
     assert not mods & HOOK_LAZY, sorted(mods & HOOK_LAZY)
 
+
+def test_hook_prepare_with_rules_parses_them_only(corpus_images: Path, sandbox: Path) -> None:
+    """With per-VM rules the hook parses them (the parser's verdict is cached
+    after the first start); the path tables and escaping are not needed."""
+    xml = TYPICAL.read_bytes()
+    name = xml.decode().split("<name>", 1)[1].split("</name>", 1)[0].strip()
+    local = sandbox / "etc/apparmor.d/local" / f"libvirt-{uuid_of(xml)}"
+    local.write_text("/srv/a r,\n/srv/b/** rw,\n/srv/c rwk,\n")
+    args = ["--root", str(sandbox), name, "prepare", "begin", "-"]
+    loaded("virt_aa.hook", args, xml)   # the first start has apparmor_parser check them
+    mods = loaded("virt_aa.hook", args, xml)
+    assert "virt_aa.policy.localrules" in mods
+    assert not mods & HEAVY, sorted(mods & HEAVY)
+    lazy = HOOK_LAZY - {"virt_aa.policy", "virt_aa.policy.localrules"}
+    assert not mods & lazy, sorted(mods & lazy)
+
