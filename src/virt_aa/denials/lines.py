@@ -465,7 +465,6 @@ def _analyze_json(s: str) -> _Line:
     return ln
 
 
-
 # ---------------------------------------------------------------- notices
 
 NOTICE_KINDS = ("callbacks suppressed", "rate limit", "audit_lost", "backlog limit",

@@ -55,6 +55,7 @@ __all__ = ["NOTICE_KINDS", "Glue", "Record", "iter_file", "iter_records", "notic
 
 # ---------------------------------------------------------------- one line
 
+
 def parse_line(line: str) -> Record | None:
     """Parse one log line; None when it holds no AppArmor record.
 
@@ -69,7 +70,7 @@ def parse_line(line: str) -> Record | None:
     return None
 
 
-
+# ---------------------------------------------------------------- gluing split records
 
 
 class _Pending:
