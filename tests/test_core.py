@@ -17,7 +17,8 @@ from virt_aa.generate.domain import Hostdev, parse_domain
 from virt_aa.generate.profile import create_profile, render_rules
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "virt_aa" / "generate"
-CORE = ["xmlsafe.py", "domain.py", "paths.py", "accesses.py", "profile.py"]
+CORE = ["xmlsafe.py", "model.py", "domain.py", "identity.py", "versions.py", "paths.py",
+        "accesses.py", "profile.py"]
 FORBIDDEN = {"os", "subprocess", "socket", "shutil", "pathlib", "tempfile", "io", "libvirt"}
 
 

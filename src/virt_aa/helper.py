@@ -277,12 +277,12 @@ def _parser(action: str, profile: str, opts: Options, out: Output, prog: str) ->
 
 
 def _create_or_replace(opts: Options, out: Output, prog: str) -> int:
+    dom, body = _generate(opts, out)
+    if opts.dryrun:
+        return _dry_run(opts, out, dom, body)
     from virt_aa.host.store import Store
 
-    dom, body = _generate(opts, out)
     store = Store(opts.root)
-    if opts.dryrun:
-        return _dry_run(opts, out, store, dom, body)
     try:
         store.lock()
     except OSError as exc:
@@ -294,17 +294,20 @@ def _create_or_replace(opts: Options, out: Output, prog: str) -> int:
         store.unlock()
 
 
-def _dry_run(opts: Options, out: Output, store: Store, dom: Domain, body: str) -> int:
-    from virt_aa.generate.profile import include_lines
-    from virt_aa.host import vmprofile
-
-    profile, files = store.profile(opts.uuid), store.files(opts.uuid)
+def _dry_run(opts: Options, out: Output, dom: Domain, body: str) -> int:
+    """Print what -c/-r would write (stock's dry run): no lock, no store; the
+    store and the per-VM rule checker are imported only for ``-d -c``."""
+    profile, files = _paths(opts)
     if opts.cmd == "c" and os.path.exists(profile):
         raise Fail(("error", "profile exists"))
     out.info(files)
     out.info(body)
     if opts.cmd == "c":
-        for problem in vmprofile.local_problems(store, opts.uuid):
+        from virt_aa.generate.profile import include_lines
+        from virt_aa.host import vmprofile
+        from virt_aa.host.store import Store
+
+        for problem in vmprofile.local_problems(Store(opts.root), opts.uuid):
             out.line("warning", problem)
         out.info(profile)
         out.info(opts.uuid)

@@ -46,8 +46,8 @@ def _err(msg: str) -> int:
 
 def prepare(xml: bytes, name: str, root: str) -> int:
     """Write P for the VM about to start; refuse the start if its rules are broken."""
-    from virt_aa.generate.domain import DomainError, valid_name
     from virt_aa.generate.identity import read_identity
+    from virt_aa.generate.model import DomainError, valid_name
     from virt_aa.generate.profile import TemplateError
     from virt_aa.host import vmprofile
     from virt_aa.host.fsutil import read_text, write_atomic
@@ -190,8 +190,8 @@ def parser_message(message: str, wrapper: str, local: str) -> str:
 
 def check_incoming(xml: bytes, root: str) -> str | None:
     """An incoming migration: refuse it if its named policies are not here."""
-    from virt_aa.generate.domain import DomainError
     from virt_aa.generate.identity import read_identity
+    from virt_aa.generate.model import DomainError
     from virt_aa.host import vmprofile
     from virt_aa.host.store import Store
 

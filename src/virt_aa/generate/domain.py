@@ -27,43 +27,29 @@ from virt_aa.generate.model import (
     Smartcard,
     Storage,
     Tpm,
+    _bytes,
     _check,
+    _check_loadparm,
+    _int,
+    _pci_address,
+    _text,
     _unparsable,
     _yes,
     disk_index,
+    domain_root,
     insert_disk,
     parse_uuid,
+    read_metadata,
     valid_disk_name,
     valid_name,
 )
 from virt_aa.generate.versions import Libvirt, libvirt
-from virt_aa.generate.xmlsafe import Node, XMLError, parse
-from virt_aa.policy.named import PolicyError, find_metadata, parse_metadata
+from virt_aa.generate.xmlsafe import Node
 
 __all__ = ["QEMU_TYPES", "SMARTCARD_DEFAULT_DB", "Chardev", "Disk", "Domain", "DomainError",
            "Filesystem", "Graphics", "Hostdev", "Interface", "Shmem", "Smartcard", "Storage",
            "Tpm", "disk_index", "domain_root", "insert_disk", "parse_domain", "parse_uuid",
            "valid_disk_name", "valid_name"]
-
-_SCALES = {"b": 1, "bytes": 1, "kb": 10**3, "k": 2**10, "kib": 2**10, "mb": 10**6,
-           "m": 2**20, "mib": 2**20, "gb": 10**9, "g": 2**30, "gib": 2**30, "tb": 10**12,
-           "t": 2**40, "tib": 2**40, "pb": 10**15, "p": 2**50, "pib": 2**50, "eb": 10**18,
-           "e": 2**60, "eib": 2**60}
-
-
-def _bytes(node: Node | None) -> int:
-    """A libvirt scaled integer (``<memory unit='MiB'>512</memory>``) in bytes; 0 if absent."""
-    if node is None or not node.text.strip():
-        return 0
-    scale = _SCALES.get((node.get("unit") or "KiB").lower())
-    try:
-        value = int(node.text.strip(), 10)
-    except ValueError:
-        raise _unparsable(f"bad memory size '{node.text.strip()}'") from None
-    if scale is None or value < 0:
-        raise _unparsable(f"bad memory unit '{node.get('unit')}'")
-    return value * scale
-
 
 def _check_memory(root: Node, devices: Node) -> None:
     """libvirt's virDomainDefPostParseMemory: some memory must be left for boot."""
@@ -189,25 +175,6 @@ def _graphics(node: Node) -> Graphics:
     return Graphics(type_, rendernode or None, auto, tuple(sockets), xauth)
 
 
-def _int(text: str | None, base: int = 0) -> int | None:
-    if text is None:
-        return None
-    try:
-        return int(text.strip(), base)
-    except ValueError:
-        raise _unparsable(f"bad number '{text}'") from None
-
-
-def _pci_address(addr: Node | None) -> str | None:
-    if addr is None:
-        return None
-    parts = [_int(addr.get(k, "0")) for k in ("domain", "bus", "slot", "function")]
-    d, b, s, f = (p or 0 for p in parts)
-    if not (0 <= d <= 0xFFFF and 0 <= b <= 0xFF and 0 <= s <= 0x1F and 0 <= f <= 7):
-        raise _unparsable("PCI address out of range")
-    return f"{d:04x}:{b:02x}:{s:02x}.{f:x}"
-
-
 def _hostdev(node: Node) -> Hostdev | None:
     mode = node.get("mode", "subsystem")
     _check("hostdev", "mode", mode)
@@ -240,18 +207,6 @@ def _hostdev(node: Node) -> Hostdev | None:
         _check("mdev", "model", model)
         return Hostdev("mdev")
     return Hostdev(type_)
-
-
-def domain_root(data: bytes) -> Node:
-    """The safely parsed document, which must be a <domain> (stock's messages)."""
-    try:
-        root = parse(data)
-    except XMLError as exc:
-        raise DomainError(("error", f"could not get VM definition: {exc}")) from None
-    if root.tag != "domain":
-        raise DomainError(("error", f"could not get VM definition: root element is "
-                                    f"<{root.tag}>, expected <domain>"))
-    return root
 
 
 def parse_domain(data: bytes, lv: Libvirt | None = None) -> Domain:
@@ -333,12 +288,7 @@ def _build(root: Node, name: str, uuid_text: str, virt_type: str, os_type: str,
             if entry.get("file") is not None:
                 fwcfg.append(entry.get("file") or "")
     dom.fwcfg_files = tuple(fwcfg)
-    ours = find_metadata(root.find("metadata"), root)
-    if ours is not None:
-        try:
-            dom.meta = parse_metadata(ours)
-        except PolicyError as exc:
-            dom.meta_error = str(exc)
+    read_metadata(dom, root)
     return dom
 
 
@@ -391,6 +341,16 @@ def _read_os(dom: Domain, os_node: Node, lv: Libvirt) -> None:
         dom.varstore = vnode.get("path") or None
 
 
+def _device_checks(dev: Node) -> None:
+    """What libvirt checks on any device: PCI address ranges, boot loadparm."""
+    address = dev.find("address")
+    if address is not None and address.get("type") == "pci":
+        _pci_address(address)  # virPCIDeviceAddressParseXML's range checks
+    boot = dev.find("boot")
+    if boot is not None and boot.get("loadparm") is not None:
+        _check_loadparm(boot.get("loadparm") or "")
+
+
 def _read_devices(dom: Domain, devices: Node, lv: Libvirt) -> None:
     disks: list[Disk] = []
     chardevs: dict[str, list[Chardev]] = {"serial": [], "console": [], "parallel": [],
@@ -409,12 +369,7 @@ def _read_devices(dom: Domain, devices: Node, lv: Libvirt) -> None:
     tops: dict[str | None, int] = {}
     for dev in devices.children:
         tag = dev.tag
-        address = dev.find("address")
-        if address is not None and address.get("type") == "pci":
-            _pci_address(address)  # virPCIDeviceAddressParseXML's range checks
-        boot = dev.find("boot")
-        if boot is not None and boot.get("loadparm") is not None:
-            _check_loadparm(boot.get("loadparm") or "")
+        _device_checks(dev)
         if tag == "disk":
             insert_disk(disks, _disk(dev, lv), tops)
         elif tag in chardevs:
@@ -472,18 +427,6 @@ def _read_devices(dom: Domain, devices: Node, lv: Libvirt) -> None:
     dom.interfaces, dom.memories = tuple(interfaces), tuple(memories)
     dom.shmems, dom.tpms, dom.smartcards = tuple(shmems), tuple(tpms), tuple(smartcards)
     dom.ignored = tuple(dict.fromkeys(ignored))
-
-
-_LOADPARM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789. ")
-
-
-def _check_loadparm(value: str) -> None:
-    """virDomainDeviceLoadparmIsValid: 1 to 8 of [a-zA-Z0-9. ]."""
-    if not 1 <= len(value) <= 8:
-        raise _unparsable(f"loadparm value '{value}' must be between 1 and 8 characters")
-    if not set(value) <= _LOADPARM:
-        raise _unparsable(f"invalid loadparm value '{value}', expecting chars in set of "
-                          f"[a-zA-Z0-9.] and blank spaces")
 
 
 def _input_bus(dom: Domain, dev: Node) -> str:
@@ -561,13 +504,6 @@ def _smartcard(dev: Node) -> Smartcard:
 
 
 _EMPTY = Node("devices", {})
-
-
-def _text(node: Node | None) -> str | None:
-    """Element text as libvirt's XPath string() gives it: empty means absent."""
-    if node is None or node.text == "":
-        return None
-    return node.text
 
 
 def _nvram(node: Node) -> Storage | None:

@@ -13,9 +13,8 @@ they decide which file is written.
 
 from __future__ import annotations
 
-from virt_aa.generate.domain import Domain, DomainError, domain_root, parse_uuid
+from virt_aa.generate.model import Domain, DomainError, domain_root, parse_uuid, read_metadata
 from virt_aa.generate.xmlsafe import Node
-from virt_aa.policy.named import PolicyError, find_metadata, parse_metadata
 
 
 def _text(node: Node | None) -> str:
@@ -53,10 +52,5 @@ def read_identity(data: bytes) -> tuple[Domain, bool]:
     os_node = root.find("os")
     dom = Domain(name=name, uuid=uuid, virt_type=root.get("type") or "",
                  os_type=_text(os_node.find("type") if os_node is not None else None))
-    ours = find_metadata(root.find("metadata"), root)
-    if ours is not None:
-        try:
-            dom.meta = parse_metadata(ours)
-        except PolicyError as exc:
-            dom.meta_error = str(exc)
+    read_metadata(dom, root)
     return dom, confined(root)

@@ -2,13 +2,19 @@
 
 ``dataclasses`` and ``typing`` cost ~10 ms each to import, and this runs at
 every VM start.  Also libvirt's enums (9.0's, plus what the emulated version
-added, see :mod:`virt_aa.generate.versions`) and the small checks the
-parser in :mod:`virt_aa.generate.domain` shares.
+added, see :mod:`virt_aa.generate.versions`), the small checks the
+parser in :mod:`virt_aa.generate.domain` shares (libvirt's value syntax:
+numbers, PCI addresses, scaled sizes, loadparm), and the two steps the
+parser and the hook's identity reader share (`domain_root`, `read_metadata`).
 """
 
 from __future__ import annotations
 
-from virt_aa.policy.named import Meta
+from virt_aa.generate.xmlsafe import Node, XMLError, parse
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~8 ms
+if TYPE_CHECKING:
+    from virt_aa.policy.named import Meta
 
 # libvirt's enums (9.0.0).  An attribute outside these makes libvirt's parser
 # fail with "could not parse XML", so it does here as well.
@@ -283,6 +289,41 @@ class Domain:
         return self.virt_type in QEMU_TYPES
 
 
+def domain_root(data: bytes) -> Node:
+    """The safely parsed document, which must be a <domain> (stock's messages).
+
+    Shared by the full parser and the hook's identity reader.
+    """
+    try:
+        root = parse(data)
+    except XMLError as exc:
+        raise DomainError(("error", f"could not get VM definition: {exc}")) from None
+    if root.tag != "domain":
+        raise DomainError(("error", f"could not get VM definition: root element is "
+                                    f"<{root.tag}>, expected <domain>"))
+    return root
+
+
+def read_metadata(dom: Domain, root: Node) -> None:
+    """virt-aa's own ``<metadata>`` element, if any (named policies, mode).
+
+    Shared by the full parser and the hook's identity reader.  The policy
+    module is imported only when the domain has a ``<metadata>`` at all:
+    most have none, and this runs at every VM start.
+    """
+    metadata = root.find("metadata")
+    if metadata is None:
+        return
+    from virt_aa.policy.named import PolicyError, find_metadata, parse_metadata
+
+    ours = find_metadata(metadata, root)
+    if ours is not None:
+        try:
+            dom.meta = parse_metadata(ours)
+        except PolicyError as exc:
+            dom.meta_error = str(exc)
+
+
 def parse_uuid(text: str) -> str | None:
     """libvirt's lenient UUID syntax -> canonical lowercase form, or None."""
     digits = []
@@ -379,3 +420,63 @@ def use_enums(added: dict[tuple[str, str], frozenset[str]]) -> None:
     global _added
     _added = added
 
+
+# libvirt's value syntax (numbers, PCI addresses, scaled sizes, loadparm), for the
+# device readers of virt_aa.generate.domain.
+
+_SCALES = {"b": 1, "bytes": 1, "kb": 10**3, "k": 2**10, "kib": 2**10, "mb": 10**6,
+           "m": 2**20, "mib": 2**20, "gb": 10**9, "g": 2**30, "gib": 2**30, "tb": 10**12,
+           "t": 2**40, "tib": 2**40, "pb": 10**15, "p": 2**50, "pib": 2**50, "eb": 10**18,
+           "e": 2**60, "eib": 2**60}
+
+
+def _bytes(node: Node | None) -> int:
+    """A libvirt scaled integer (``<memory unit='MiB'>512</memory>``) in bytes; 0 if absent."""
+    if node is None or not node.text.strip():
+        return 0
+    scale = _SCALES.get((node.get("unit") or "KiB").lower())
+    try:
+        value = int(node.text.strip(), 10)
+    except ValueError:
+        raise _unparsable(f"bad memory size '{node.text.strip()}'") from None
+    if scale is None or value < 0:
+        raise _unparsable(f"bad memory unit '{node.get('unit')}'")
+    return value * scale
+
+
+def _int(text: str | None, base: int = 0) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text.strip(), base)
+    except ValueError:
+        raise _unparsable(f"bad number '{text}'") from None
+
+
+def _pci_address(addr: Node | None) -> str | None:
+    if addr is None:
+        return None
+    parts = [_int(addr.get(k, "0")) for k in ("domain", "bus", "slot", "function")]
+    d, b, s, f = (p or 0 for p in parts)
+    if not (0 <= d <= 0xFFFF and 0 <= b <= 0xFF and 0 <= s <= 0x1F and 0 <= f <= 7):
+        raise _unparsable("PCI address out of range")
+    return f"{d:04x}:{b:02x}:{s:02x}.{f:x}"
+
+
+_LOADPARM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789. ")
+
+
+def _check_loadparm(value: str) -> None:
+    """virDomainDeviceLoadparmIsValid: 1 to 8 of [a-zA-Z0-9. ]."""
+    if not 1 <= len(value) <= 8:
+        raise _unparsable(f"loadparm value '{value}' must be between 1 and 8 characters")
+    if not set(value) <= _LOADPARM:
+        raise _unparsable(f"invalid loadparm value '{value}', expecting chars in set of "
+                          f"[a-zA-Z0-9.] and blank spaces")
+
+
+def _text(node: Node | None) -> str | None:
+    """Element text as libvirt's XPath string() gives it: empty means absent."""
+    if node is None or node.text == "":
+        return None
+    return node.text

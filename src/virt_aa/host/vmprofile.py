@@ -12,7 +12,6 @@ import os
 from virt_aa.generate.profile import TemplateError, create_profile, include_lines, set_mode
 from virt_aa.host.fsutil import read_text, write_atomic
 from virt_aa.host.store import Store
-from virt_aa.policy.localrules import parse_file
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~8 ms
 if TYPE_CHECKING:
@@ -97,15 +96,15 @@ class Resolved:
 
 def resolve(store: Store, dom: Domain) -> Resolved:
     """Check the named policies a domain references against this host's files."""
-    from virt_aa.policy.named import digest
-
     out = Resolved()
-    host = os.uname().nodename
     if dom.meta_error:
         out.problems.append(f"{dom.name}: {dom.meta_error}")
         return out
     if dom.meta is None:
         return out
+    from virt_aa.policy.named import digest
+
+    host = os.uname().nodename
     for ref in dom.meta.refs:
         path = store.policy(ref.name)
         text = read_text(path, 1 << 20)
@@ -159,6 +158,8 @@ def local_problems(store: Store, profile_name: str) -> list[str]:
     text = store.read_local(profile_name)
     if not text:
         return []
+    from virt_aa.policy.localrules import parse_file
+
     path = os.path.realpath(store.local(profile_name))
     _, problems = parse_file(text)
     return [f"{path}:{line}: {reason}" for line, reason in problems]

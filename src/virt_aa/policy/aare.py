@@ -17,216 +17,61 @@ the parser's own code, so that the corner cases come out the same:
    ``re`` pattern over bytes: AppArmor matches bytes, so ``?`` is one byte,
    not one character.
 
-Not on the VM-start path: :mod:`re` is fine here.  The tests compare
+Stages 1-3 live in :mod:`virt_aa.policy.aaretext`, the tunables reader in
+:mod:`virt_aa.policy.tunables` (both re-exported here); stages 4-5 and the
+API here.  Not on the VM-start path: :mod:`re` is fine here.  The tests compare
 :meth:`Pattern.matches` with the DFA the real parser builds.
 """
 
 from __future__ import annotations
 
-import os
 import re
+
+from virt_aa.policy.aaretext import AareError, _escseq, _unquote, expand_variables, filter_slashes
+from virt_aa.policy.tunables import include_targets as include_targets
+from virt_aa.policy.tunables import load_tunables as load_tunables
+from virt_aa.policy.tunables import parse_include as parse_include
+from virt_aa.policy.tunables import parse_variable_line as parse_variable_line
+from virt_aa.policy.tunables import read_variables as read_variables
 
 __all__ = ["AareError", "Pattern", "compile_aare", "include_targets", "load_tunables",
            "parse_variable_line", "read_variables"]
 
 
-class AareError(ValueError):
-    """A pattern the parser would refuse (one line, says why)."""
+# ------------------------------------------------------------------ stage 4: AARE -> pcre
 
 
-# ----------------------------------------------------------------------------- escapes
+def _star(aare: bytes, i: int, out: bytearray) -> int:
+    """``*`` or ``**`` at ``aare[i]``; returns the index of its last ``*``.
 
-_SIMPLE_ESCAPES = {ord("a"): 0x07, ord("e"): 0x1B, ord("f"): 0x0C, ord("n"): 0x0A,
-                   ord("r"): 0x0D, ord("t"): 0x09, ord("\\"): 0x5C, ord('"'): 0x22}
-
-
-def _digit(c: int, base: int) -> int:
-    if 0x30 <= c <= 0x39:
-        val = c - 0x30
-    elif 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A:
-        val = (c | 0x20) - 0x61 + 10
-    else:
-        return -1
-    return val if val < base else -1
-
-
-def _strntol(s: bytes, i: int, base: int, ndigits: int) -> tuple[int, int]:
-    """lib.c strntol with maxval 255: the value and the index after the digits taken."""
-    val = 0
-    while ndigits and i < len(s):
-        d = _digit(s[i], base)
-        if d < 0 or val * base + d > 255:
-            break
-        val = val * base + d
-        i += 1
-        ndigits -= 1
-    return val, i
+    A whole path component of stars must match at least one character."""
+    n = len(aare)
+    if out and out[-1] == 0x2F:
+        j = i
+        while j < n and aare[j] == 0x2A:
+            j += 1
+        if j == n or aare[j] == 0x2F:
+            out += b"[^/\\x00]"
+    if i + 1 < n and aare[i + 1] == 0x2A:
+        out += b"[^\\x00]*"
+        return i + 1
+    out += b"[^/\\x00]*"
+    return i
 
 
-def _escseq(s: bytes, i: int, chrs: bytes) -> tuple[int, int]:
-    """lib.c str_escseq for the sequence starting at ``s[i]`` (after the backslash).
-
-    Returns the byte and the index after the sequence, or ``-1`` and the index
-    the C code leaves behind (one past the character it looked at).
-    """
-    if i < len(s) and 0x30 <= s[i] <= 0x37:
-        return _strntol(s, i, 8, 3)
-    if i >= len(s):
-        return -1, i + 1
-    c = s[i]
-    i += 1
-    if c in (0x64, 0x78):  # \d decimal, \x hex
-        val, j = _strntol(s, i, 10 if c == 0x64 else 16, 3 if c == 0x64 else 2)
-        if j == i:
-            return -1, i
-        return val, j
-    if c in _SIMPLE_ESCAPES:
-        return _SIMPLE_ESCAPES[c], i
-    if c in chrs:
-        return c, i
-    return -1, i
-
-
-_LEX_SPECIAL = b"*?[]{}^,\\"
-
-
-def unescape(text: bytes) -> bytes:
-    """The rule lexer's ``processunquoted``: decode escapes, keep AARE specials escaped."""
-    if b"\\" not in text:
-        return text
-    out = bytearray()
-    i = 0
-    n = len(text)
-    while i < n:
-        if text[i] == 0x5C and i + 1 < n:
-            c, j = _escseq(text, i + 1, b"")
-            if c != -1:
-                if c == 0:
-                    out += text[i:j]
-                elif c in _LEX_SPECIAL:
-                    out += bytes((0x5C, c))
-                else:
-                    out.append(c)
-                i = j
-                continue
-        out.append(text[i])
-        i += 1
-    return bytes(out)
-
-
-def _unquote(text: bytes) -> bytes:
-    if len(text) >= 2 and text[:1] == b'"' and text[-1:] == b'"':
-        text = text[1:-1]
-    return unescape(text)
-
-
-# ----------------------------------------------------------------------------- variables
-
-
-def _var_at(s: bytes, i: int) -> int:
-    """Index of the ``}`` closing a variable name that starts at ``s[i]``, or -1."""
-    j = i
-    while j < len(s):
-        c = s[j]
-        if c == 0x7D:
-            return j
-        if j == i:
-            if not (0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A):
-                return -1
-        elif not (c == 0x5F or 0x30 <= c <= 0x39 or 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A):
-            return -1
-        j += 1
-    return -1
-
-
-def _split_var(s: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """parser_variable.c split_out_var: the first unescaped ``@{NAME}``."""
-    escaped = False
-    i = 0
-    while i < len(s):
-        c = s[i]
-        if c == 0x5C:
-            escaped = not escaped
-        elif c == 0x40:
-            if escaped:
-                escaped = False
-            elif s[i + 1:i + 2] == b"{":
-                end = _var_at(s, i + 2)
-                if end == i + 2:
-                    raise AareError("empty variable name")
-                if end > 0:
-                    return s[:i], s[i + 2:end], s[end + 1:]
-        elif escaped:
-            escaped = False
-        i += 1
-    return None
-
-
-def _values_of(key: str, variables: dict[str, list[str]], cache: dict[str, list[bytes]],
-               seen: tuple[str, ...] = ()) -> list[bytes]:
-    """parser_symtab.c __expand_variable: a variable's values with the variables
-    inside them expanded, every combination a value of its own (no alternation,
-    no slash trimming at this level)."""
-    if key in cache:
-        return cache[key]
-    if key not in variables:
-        raise AareError(f"variable @{{{key}}} is not defined")
-    if key in seen:
-        raise AareError(f"variable @{{{key}}} is referenced recursively")
-    out: list[bytes] = []
-    for value in variables[key]:
-        work = [value.encode("utf-8", "surrogateescape")]
-        while work:
-            item = work.pop()
-            split = _split_var(item)
-            if split is None:
-                out.append(item)
-                continue
-            prefix, var, suffix = split
-            for ref in _values_of(var.decode("ascii"), variables, cache, seen + (key,)):
-                work.append(prefix + ref + suffix)
-    cache[key] = out
-    return out
-
-
-def expand_variables(name: bytes, variables: dict[str, list[str]]) -> bytes:
-    """parser_variable.c expand_entry_variables (values are lexed already)."""
-    cache: dict[str, list[bytes]] = {}
-    for _ in range(10000):
-        split = _split_var(name)
-        if split is None:
-            return name
-        prefix, var, suffix = split
-        values = _values_of(var.decode("ascii"), variables, cache)
-        if not values:
-            raise AareError(f"variable @{{{var.decode()}}} has no value")
-        if len(values) == 1:
-            name = prefix + values[0] + suffix
-            continue
-        lead = prefix.endswith(b"/")
-        trail = suffix.startswith(b"/")
-        parts = []
-        for v in values:
-            if lead:
-                v = v.lstrip(b"/")
-            if trail:
-                v = v.rstrip(b"/")
-            parts.append(v)
-        name = prefix + b"{" + b",".join(parts) + b"}" + suffix
-    raise AareError("too many variable references")
-
-
-def filter_slashes(s: bytes) -> bytes:
-    """parser_regex.c filter_slashes: ``//`` -> ``/`` except a leading ``//x``."""
-    if len(s) < 2:
-        return s
-    head = b""
-    if s[:2] == b"//" and s[2:3] != b"/":
-        head, s = b"//", s[2:]
-    return head + re.sub(rb"/{2,}", b"/", s)
-
-
-# ------------------------------------------------------------------ stage 1: AARE -> pcre
+def _literal(aare: bytes, i: int, escape: bool, out: bytearray) -> int:
+    """Any other byte, or the escape sequence it starts; returns its last index."""
+    c = aare[i]
+    if c in b".+|()":
+        out.append(0x5C)
+    if escape:
+        val, j = _escseq(aare, i, b"")
+        if val != -1:
+            out.append(0x5C)
+            out += aare[i:j]
+            return j - 1
+    out.append(c)
+    return i
 
 
 def to_pcre(aare: bytes) -> bytes:
@@ -240,48 +85,26 @@ def to_pcre(aare: bytes) -> bytes:
     n = len(aare)
     while i < n:
         c = aare[i]
-        if c == 0x5C:  # backslash
-            if escape:
-                out += b"\\\\"
-            else:
-                escape = True
-                i += 1
-                continue
+        if escape and c in b"\\*[]{}":
+            out += bytes((0x5C, c))     # an escaped special stands for itself
+        elif c == 0x5C:  # backslash
+            escape = True
+            i += 1
+            continue
         elif c == 0x2A:  # *
-            if escape:
-                out += b"\\*"
-            else:
-                if out and out[-1] == 0x2F:
-                    j = i
-                    while j < n and aare[j] == 0x2A:
-                        j += 1
-                    if j == n or aare[j] == 0x2F:
-                        out += b"[^/\\x00]"
-                if i + 1 < n and aare[i + 1] == 0x2A:
-                    out += b"[^\\x00]*"
-                    i += 1
-                else:
-                    out += b"[^/\\x00]*"
+            i = _star(aare, i, out)
         elif c == 0x3F:  # ?
             out += b"?" if escape else b"[^/\\x00]"
         elif c == 0x5B:  # [
-            if escape:
-                out += b"\\["
-            else:
-                inclass = True
-                out.append(c)
+            inclass = True
+            out.append(c)
         elif c == 0x5D:  # ]
-            if escape:
-                out += b"\\]"
-            else:
-                if not inclass:
-                    raise AareError("invalid close ], no matching open [")
-                inclass = False
-                out.append(c)
+            if not inclass:
+                raise AareError("invalid close ], no matching open [")
+            inclass = False
+            out.append(c)
         elif c == 0x7B:  # {
-            if escape:
-                out += b"\\{"
-            elif inclass:
+            if inclass:
                 out.append(c)
             else:
                 group += 1
@@ -290,9 +113,7 @@ def to_pcre(aare: bytes) -> bytes:
                 counts[group] = 0
                 out += b"("
         elif c == 0x7D:  # }
-            if escape:
-                out += b"\\}"
-            elif inclass:
+            if inclass:
                 out.append(c)
             else:
                 if counts[group] == 0:
@@ -315,18 +136,7 @@ def to_pcre(aare: bytes) -> bytes:
             else:
                 out += bytes((0x5C, c))
         else:
-            if c in b".+|()":
-                out.append(0x5C)
-            if escape:
-                val, j = _escseq(aare, i, b"")
-                if val != -1:
-                    out.append(0x5C)
-                    out += aare[i:j]
-                    i = j - 1
-                else:
-                    out.append(c)
-            else:
-                out.append(c)
+            i = _literal(aare, i, escape, out)
         escape = False
         i += 1
     if group > 0 or inclass:
@@ -336,7 +146,7 @@ def to_pcre(aare: bytes) -> bytes:
     return bytes(out)
 
 
-# ------------------------------------------------------------------ stage 2: pcre -> re
+# ------------------------------------------------------------------ stage 5: pcre -> re
 
 _OPS = b"*+.|^-[]()"
 _CHAR = -1  # token kind of a literal byte
@@ -549,125 +359,3 @@ class Pattern:
 
 def compile_aare(aare: str, variables: dict[str, list[str]] | None = None) -> Pattern:
     return Pattern(aare, variables)
-
-
-# ----------------------------------------------------------------------------- tunables
-
-_VAR_LINE = re.compile(r"^\s*@\{([A-Za-z][A-Za-z0-9_]*)\}\s*(\+?=)(.*)$")
-# "#include" is an include, "# include" a comment (as in the parser's lexer)
-_INCLUDE = re.compile(r'^\s*(?:#include|include)(?:\s+|(?=[<"]))(if\s+exists\s+)?'
-                      r'(<[^>]*>|"[^"]*"|[^\s#]+)\s*(?:#.*)?$')
-# libapparmor _aa_is_blacklisted: what a directory include skips
-_SKIP_SUFFIXES = (".dpkg-new", ".dpkg-old", ".dpkg-dist", ".dpkg-bak", ".dpkg-remove",
-                  ".pacsave", ".pacnew", ".rpmnew", ".rpmsave", ".orig", ".rej", "~")
-
-
-def _values(text: str) -> list[str]:
-    """Space-separated values, quoted ones kept whole; a ``#`` after a space ends the line."""
-    out: list[str] = []
-    i = 0
-    n = len(text)
-    while i < n:
-        if text[i].isspace():
-            i += 1
-            continue
-        if text[i] == "#":
-            break
-        j = i
-        if text[i] == '"':
-            j += 1
-            while j < n and text[j] != '"':
-                j += 2 if text[j] == "\\" else 1
-            j = min(j + 1, n)
-        else:
-            while j < n and not text[j].isspace():
-                j += 1
-        tok = text[i:j].encode("utf-8", "surrogateescape")
-        out.append(_unquote(tok).decode("utf-8", "surrogateescape"))
-        i = j
-    return out
-
-
-def parse_variable_line(line: str) -> tuple[str, bool, list[str]] | None:
-    """``@{X}=a b`` -> ("X", False, [a, b]); ``@{X}+=c`` -> ("X", True, [c])."""
-    m = _VAR_LINE.match(line)
-    if not m:
-        return None
-    return m.group(1), m.group(2) == "+=", _values(m.group(3))
-
-
-def include_targets(spec: str, search: list[str], current_dir: str | None = None) -> list[str]:
-    """The files an include names (``<x>``: first search dir that has it; a
-    directory: its files, sorted, without the ones the parser skips).  Empty
-    when nothing is found."""
-    name = spec.strip()
-    found: str | None = None
-    if name.startswith("<") and name.endswith(">"):
-        rel = name[1:-1].strip()
-        for base in search:
-            cand = os.path.join(base, rel)
-            if os.path.exists(cand):
-                found = cand
-                break
-    else:
-        rel = name[1:-1] if name.startswith('"') and name.endswith('"') else name
-        if os.path.isabs(rel):
-            found = rel if os.path.exists(rel) else None
-        else:
-            for base in ([current_dir] if current_dir else []) + list(search):
-                cand = os.path.join(base, rel)
-                if os.path.exists(cand):
-                    found = cand
-                    break
-    if found is None:
-        return []
-    if os.path.isdir(found):
-        try:
-            names = sorted(os.listdir(found))
-        except OSError:
-            return []
-        return [os.path.join(found, n) for n in names
-                if n and not n.startswith(".") and n != "README"
-                and not n.endswith(_SKIP_SUFFIXES) and os.path.isfile(os.path.join(found, n))]
-    return [found]
-
-
-def parse_include(line: str) -> tuple[str, bool] | None:
-    """``#include <x>`` / ``include <x>`` / ``include if exists <x>`` -> (spec, optional)."""
-    m = _INCLUDE.match(line)
-    if not m:
-        return None
-    return m.group(2), bool(m.group(1))
-
-
-def read_variables(path: str, search: list[str],
-                   variables: dict[str, list[str]] | None = None,
-                   _depth: int = 0) -> dict[str, list[str]]:
-    """Variable definitions of a file and of everything it includes, in order."""
-    out = variables if variables is not None else {}
-    if _depth > 50:
-        raise AareError(f"includes nest too deeply at {path}")
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            text = f.read()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        inc = parse_include(line)
-        if inc is not None:
-            for target in include_targets(inc[0], search, os.path.dirname(path)):
-                read_variables(target, search, out, _depth + 1)
-            continue
-        var = parse_variable_line(line)
-        if var is not None:
-            name, append, values = var
-            if append:
-                out.setdefault(name, []).extend(values)
-            else:
-                out[name] = values
-    return out
-
-
-def load_tunables(base: str = "/etc/apparmor.d") -> dict[str, list[str]]:
-    """The variables every profile gets from ``tunables/global`` (and its includes)."""
-    return read_variables(os.path.join(base, "tunables", "global"), [base])

@@ -248,6 +248,24 @@ class _Stmt:
         return f"_Stmt({self.kind!r}, {self.line}, {self.text or self.include or self.var!r})"
 
 
+def _line_statement(line: str, lineno: int) -> tuple[bool, _Stmt | None]:
+    """A line read on its own (no statement pending): (True, statement) for an
+    include, a variable or a provenance comment; (True, None) for a blank
+    line, another comment or a boolean variable; (False, None) for the rest."""
+    s = line.strip()
+    if not s:
+        return True, None
+    inc = parse_include(s)
+    if inc is not None:
+        return True, _Stmt("include", lineno, include=inc)
+    if s.startswith("#"):
+        return True, _Stmt("provenance", lineno, s) if s.startswith("# virt-aa:") else None
+    var = parse_variable_line(s)
+    if var is not None:
+        return True, _Stmt("var", lineno, var=var)
+    return s.startswith("${"), None     # ${bool} = ...: a boolean variable
+
+
 def _statements(text: str) -> list[_Stmt]:
     """Split profile text into statements.
 
@@ -264,27 +282,14 @@ def _statements(text: str) -> list[_Stmt]:
     for lineno, line in enumerate(text.split("\n"), 1):
         if not "".join(buf).strip():
             buf = []
-            s = line.strip()
-            if not s:
+            whole, stmt = _line_statement(line, lineno)
+            if stmt is not None:
+                out.append(stmt)
+            if whole:
                 continue
-            inc = parse_include(s)
-            if inc is not None:
-                out.append(_Stmt("include", lineno, include=inc))
-                continue
-            if s.startswith("#"):
-                if s.startswith("# virt-aa:"):
-                    out.append(_Stmt("provenance", lineno, s))
-                continue
-            var = parse_variable_line(s)
-            if var is not None:
-                out.append(_Stmt("var", lineno, var=var))
-                continue
-            if s.startswith("${"):
-                continue  # boolean variable
         if not buf:
             start = lineno
-        i = 0
-        n = len(line)
+        i, n = 0, len(line)
         while i < n:
             ch = line[i]
             nxt = line[i + 1] if i + 1 < n else ""

@@ -14,7 +14,8 @@ variables or profiles, or run programs unconfined.
 
 from __future__ import annotations
 
-from virt_aa.generate.paths import AARE_SPECIAL, escape, restricted
+# virt_aa.generate.paths (restricted paths, escaping) is imported where it is
+# used: the hook parses the per-VM rules at every VM start and needs none of it.
 
 HEADER = ("# Per-VM AppArmor rules for libvirt domain {name} ({uuid}), included by its\n"
           "# profile libvirt-{uuid}.  Managed by `virt-aa allow` / `virt-aa revoke`;\n"
@@ -241,6 +242,8 @@ def _unbalanced(text: str) -> bool:
 
 def literal_prefix(pattern: str) -> str:
     """The part of an AppArmor path pattern before its first special character."""
+    from virt_aa.generate.paths import AARE_SPECIAL
+
     out: list[str] = []
     i = 0
     while i < len(pattern):
@@ -262,6 +265,8 @@ def grants_restricted(parsed: Parsed) -> bool:
     Conservative: a pattern is judged by its literal prefix, so ``/srv/**``
     is fine while ``/**`` or ``/e*`` (which could match ``/etc``) are not.
     """
+    from virt_aa.generate.paths import restricted
+
     if parsed.kind != "file" or parsed.path is None:
         return False
     if parsed.text.split()[0] == "deny" or " deny " in f" {parsed.text} ":
@@ -277,6 +282,8 @@ def grants_restricted(parsed: Parsed) -> bool:
 
 def path_rule(path: str, perms: str, recursive: bool) -> str:
     """A correctly quoted and escaped rule for one literal path (or its subtree)."""
+    from virt_aa.generate.paths import escape
+
     _check_perms(perms)
     target = escape(path.rstrip("/") if recursive else path)
     if recursive:
