@@ -150,28 +150,28 @@ def json_renderer(info: dict[str, Any], per: int = 2000
             return s
 
         rows_: list[str] = []
+        add = rows_.append
         for negn, op, resource, mode, perms, prof, first, last in _sorted(parts):
-            # stamps: `_Iso`, inline (one dict lookup per stamp)
+            # stamps: `_Iso`, inline (one dict lookup per stamp, no string made)
             if first is None:
-                f = "null"
+                fm, fs = "null", ""
             else:
                 m, sec = divmod(first, 60)
-                f = (mins.get(m) or minute(m)) + ss[int(sec)]
+                fm, fs = mins.get(m) or minute(m), ss[int(sec)]
             if last == first:
-                la = f
+                lm, ls = fm, fs
             elif last is None:
-                la = "null"
+                lm, ls = "null", ""
             else:
                 m, sec = divmod(last, 60)
-                la = (mins.get(m) or minute(m)) + ss[int(sec)]
+                lm, ls = mins.get(m) or minute(m), ss[int(sec)]
             p = words.get(perms) or words.setdefault(perms, enc(perms))
-            rows_.append(
-                f'{lead.get((prof, op, mode)) or start(prof, op, mode)}{enc(resource)}, '
-                f'"perms": {p}, "count": {-negn}, "first_seen": {f}, "last_seen": {la}, '
-                f'"event": null, "flags": {{}}}}')
+            add(f'{lead.get((prof, op, mode)) or start(prof, op, mode)}{enc(resource)}, '
+                f'"perms": {p}, "count": {-negn}, "first_seen": {fm}{fs}, "last_seen": '
+                f'{lm}{ls}, "event": null, "flags": {{}}}}')
             if len(rows_) == per:
                 yield ", ".join(rows_)
-                rows_ = []
+                rows_.clear()
         if rows_:
             yield ", ".join(rows_)
 
