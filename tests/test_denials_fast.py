@@ -205,6 +205,70 @@ def test_both_vector_widths_count_alike(audit_logs: list[Path], tmp_path: Path) 
                            ref.filtered), p
 
 
+DBUS_SHAPES = [
+    # the usual ones: bind, and a method call with its peer
+    DBUS,
+    "type=USER_AVC msg=audit({stamp}:{serial}): pid=1 uid=103 auid=4294967295 ses=4294967295 "
+    "subj=unconfined msg='apparmor=\"DENIED\" operation=\"dbus_method_call\"  bus=\"system\" "
+    "path=\"/org/qemu/{n}\" interface=\"org.freedesktop.DBus.Properties\" member=\"GetAll\" "
+    "mask=\"send\" name=\":1.{n}\" pid={pid} label=\"{prof}\" peer_pid=77 "
+    "peer_label=\"unconfined\"  exe=\"/usr/bin/dbus-daemon\" sauid=103 hostname=? addr=? "
+    "terminal=?'\x1dUID=\"messagebus\" AUID=\"unset\"",
+    # the parser's cases: a quote or ENRICHED's separator inside, text after msg, no label
+    # (incomplete: truncated), a mode it cannot read, a cut value
+    "type=USER_AVC msg=audit({stamp}:{serial}): pid=1 uid=1 msg='apparmor=\"DENIED\" "
+    "operation=\"dbus_bind\" bus=\"system\" mask=\"bind\" name=\"o'x{n}\" pid={pid} "
+    "label=\"{prof}\" exe=\"/d\"'",
+    "type=USER_AVC msg=audit({stamp}:{serial}): pid=1 uid=1 msg='apparmor=\"DENIED\" "
+    "operation=\"dbus_bind\" bus=\"system\" mask=\"bind\" name=\"o\x1dx{n}\" pid={pid} "
+    "label=\"{prof}\" exe=\"/d\"'",
+    "type=USER_AVC msg=audit({stamp}:{serial}): pid=1 uid=1 msg='apparmor=\"DENIED\" "
+    "operation=\"dbus_bind\" bus=\"system\" mask=\"bind\" name=\"o{n}\" pid={pid} "
+    "label=\"{prof}\" exe=\"/d\"' extra=1",
+    "type=USER_AVC msg=audit({stamp}:{serial}): pid=1 uid=1 msg='apparmor=\"DENIED\" "
+    "operation=\"dbus_bind\" bus=\"system\" mask=\"bind\" name=\"o{n}\" pid={pid} "
+    "exe=\"/d\"'",
+    "type=USER_AVC msg=audit({stamp}:{serial}): pid=1 uid=1 msg='apparmor=\"denied\" "
+    "operation=\"dbus_bind\" bus=\"system\" mask=\"bind\" name=\"o{n}\" pid={pid} "
+    "label=\"{prof}\"'",
+    "type=USER_AVC msg=audit({stamp}:{serial}): pid=1 uid=1 msg='apparmor=\"DENIED\" "
+    "operation=\"dbus_bind\" bus=\"system\" mask=\"bind\" name=\"o{n} pid={pid} "
+    "label=\"{prof}\"'",
+]
+
+
+def test_dbus_records_read_as_the_parser_reads_them(audit_logs: list[Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dbus record of the usual shape is read without the line parser: the same groups,
+    counts and flags as through it (which the unusual ones still take)."""
+    from virt_aa.denials import auditscan
+
+    rng = random.Random(7)
+    lines = [rng.choice(DBUS_SHAPES).format(
+        stamp=f"1700000{i:03d}.5", serial=i, n=rng.randint(0, 40), pid=rng.randint(1, 99999),
+        prof=rng.choice(["libvirt-66b2bc5b-50c1-47fc-8e17-7b4e0837b8a3", "unconfined"]))
+        for i in range(3000)]
+    shapes = tmp_path / "dbus.log"
+    shapes.write_bytes("\n".join(lines).encode() + b"\n" + fuzz_text(rng, 3000))
+    paths = [str(p) for p in (*audit_logs, shapes)]
+    taken: Counter[bool] = Counter()
+    real = auditscan._dbus_record
+
+    def counted(*a: bytes) -> Any:
+        rec = real(*a)
+        taken[rec is not None] += 1
+        return rec
+    monkeypatch.setattr(auditscan, "_dbus_record", counted)
+    runs = [(p, w, f) for p in paths for w in (1, 2) for f in (True, False)]
+    short = [group_file(p, workers=w, fast=f) for p, w, f in runs]
+    assert taken[True] > 200 and taken[False] > 20      # both ways taken
+    monkeypatch.setattr(auditscan, "_dbus_record", lambda *a: None)
+    parsed = [group_file(p, workers=w, fast=f) for p, w, f in runs]
+    for a, b in zip(short, parsed, strict=True):
+        same(a, b)
+    assert any(k[2].startswith("dbus") for k in short[-1].raw) and short[-1].truncated
+
+
 def test_table_batches_and_helpers_match_python() -> None:
     from virt_aa.denials import _avcscan
 
