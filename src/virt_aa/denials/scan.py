@@ -36,8 +36,8 @@ groups are counted in one group per (profile, mode, operation) and in
 ``overflow``, so memory stays bounded whatever the size of the file.
 
 Speed (1.49 GB audit.log, 1.48 M records, 149 k groups, 2 workers, C
-counter): about 2.4 CPU-seconds, 2.6-2.9x ``grep -c`` on two cores
-(``bench/denials_speed.py``).  Peak RSS about 100 MiB per process.
+counter): about 2.0 CPU-seconds, 2.4x ``grep -c`` on two cores
+(``bench/denials_speed.py``).  Peak RSS about 100-120 MiB per process.
 `virt-aa denials --json` of such a file goes further on two cores:
 `denials/pair.py`.
 """
