@@ -29,7 +29,7 @@ from conftest import GENDENIALS
 from virt_aa.denials import commands as dc
 from virt_aa.denials import rows as dr
 from virt_aa.denials import scan
-from virt_aa.denials.auditscan import _unsplit
+from virt_aa.denials.rawkeys import _unsplit
 from virt_aa.denials.scan import _PARENT_RE, _split, _stamp_time, group_file
 
 GEN = GENDENIALS
