@@ -146,46 +146,61 @@ grow_slots(Map *t)
     return 0;
 }
 
-/* Count one record under key[0:klen] (hash h); win[0:wlen] is its stamp window. */
-static int
-count_key(Map *t, const char *key, Py_ssize_t klen, uint64_t h, const char *win,
-          Py_ssize_t wlen)
+/* The entry of key[0:klen] (hash h) in t; a new one (count 0, no windows) is added and
+ * *added set when there is none.  NULL: no memory. */
+static inline Entry *
+lookup(Map *t, const char *key, Py_ssize_t klen, uint64_t h, int *added)
 {
+    *added = 0;
     if ((t->n + 1) * 2 >= t->nslots && grow_slots(t) < 0)
-        return -1;
+        return NULL;
     Py_ssize_t mask = t->nslots - 1;
     Py_ssize_t j = (Py_ssize_t)(h & (uint64_t)mask);
     Entry *e;
     while ((e = t->slots[j]) != NULL) {
-        if (e->hash == h && e->klen == klen && memcmp(e->key, key, (size_t)klen) == 0) {
-            e->count++;
-            memcpy(e->last, win, (size_t)wlen);
-            e->llen = (unsigned char)wlen;
-            return 0;
-        }
+        if (e->hash == h && e->klen == klen && memcmp(e->key, key, (size_t)klen) == 0)
+            return e;
         j = (j + 1) & mask;
     }
     if (t->n == t->cap) {
         Py_ssize_t nc = t->cap ? t->cap * 2 : 1024;
         Entry **ne = realloc(t->entries, (size_t)nc * sizeof(Entry *));
         if (!ne)
-            return -1;
+            return NULL;
         t->entries = ne;
         t->cap = nc;
     }
     e = malloc(sizeof(Entry) + (size_t)klen);
     if (!e)
-        return -1;
+        return NULL;
     e->hash = h;
     e->klen = klen;
-    e->count = 1;
+    e->count = 0;
+    e->flen = e->llen = 0;
     memcpy(e->key, key, (size_t)klen);
-    memcpy(e->first, win, (size_t)wlen);
-    memcpy(e->last, win, (size_t)wlen);
-    e->flen = e->llen = (unsigned char)wlen;
     t->entries[t->n++] = e;
     t->slots[j] = e;
     t->kbytes += klen;
+    *added = 1;
+    return e;
+}
+
+/* Count one record under key[0:klen] (hash h); win[0:wlen] is its stamp window. */
+static int
+count_key(Map *t, const char *key, Py_ssize_t klen, uint64_t h, const char *win,
+          Py_ssize_t wlen)
+{
+    int added;
+    Entry *e = lookup(t, key, klen, h, &added);
+    if (!e)
+        return -1;
+    if (added) {
+        memcpy(e->first, win, (size_t)wlen);
+        e->flen = (unsigned char)wlen;
+    }
+    e->count++;
+    memcpy(e->last, win, (size_t)wlen);
+    e->llen = (unsigned char)wlen;
     return 0;
 }
 
@@ -193,35 +208,12 @@ count_key(Map *t, const char *key, Py_ssize_t klen, uint64_t h, const char *win,
 static Py_ssize_t
 number(Map *t, const char *key, Py_ssize_t klen, uint64_t h)
 {
-    if ((t->n + 1) * 2 >= t->nslots && grow_slots(t) < 0)
-        return -1;
-    Py_ssize_t mask = t->nslots - 1;
-    Py_ssize_t j = (Py_ssize_t)(h & (uint64_t)mask);
-    Entry *e;
-    while ((e = t->slots[j]) != NULL) {
-        if (e->hash == h && e->klen == klen && memcmp(e->key, key, (size_t)klen) == 0)
-            return e->count;
-        j = (j + 1) & mask;
-    }
-    if (t->n == t->cap) {
-        Py_ssize_t nc = t->cap ? t->cap * 2 : 1024;
-        Entry **ne = realloc(t->entries, (size_t)nc * sizeof(Entry *));
-        if (!ne)
-            return -1;
-        t->entries = ne;
-        t->cap = nc;
-    }
-    e = malloc(sizeof(Entry) + (size_t)klen);
+    int added;
+    Entry *e = lookup(t, key, klen, h, &added);
     if (!e)
         return -1;
-    e->hash = h;
-    e->klen = klen;
-    e->count = t->n;
-    e->flen = e->llen = 0;
-    memcpy(e->key, key, (size_t)klen);
-    t->entries[t->n++] = e;
-    t->slots[j] = e;
-    t->kbytes += klen;
+    if (added)
+        e->count = t->n - 1;
     return e->count;
 }
 
