@@ -22,6 +22,7 @@ from virt_aa.host.journal import Journal
 from virt_aa.host.libvirtversion import host_libvirt
 from virt_aa.host.store import MODES, Store, StoreError
 from virt_aa.ops.errors import ManageError as ManageError
+from virt_aa.ops.profilecheck import compile_text
 from virt_aa.policy.localrules import (
     PROVENANCE,
     LocalRule,
@@ -105,16 +106,7 @@ def compile_rules(store: Store, rules: list[str]) -> str | None:
     """
     body = "".join(f"  {r}\n" for r in rules)
     text = f"#include <tunables/global>\nprofile virt-aa-rule-check {{\n{body}}}\n"
-    # under the state directory (the caller holds the lock, which clears leftovers)
-    path = store.path(f"var/lib/virt-aa/rule-check.{os.getpid()}.tmp")
-    write_atomic(path, text.encode("utf-8", "surrogateescape"))
-    try:
-        res = apparmor.compile_check(path, store.root)
-    finally:
-        os.unlink(path)
-    if res.ok:
-        return None
-    return res.message.replace(path, "<rule>") or "apparmor_parser rejected the rule"
+    return compile_text(store, text, "<rule>", "rule")
 
 
 def apply_live(store: Store, vm: VM) -> str:

@@ -115,8 +115,10 @@ def remember(store: Store, uuid: str, key: str) -> None:
         pass
 
 
-def compile_text(store: Store, text: str, label: str) -> str | None:
-    """Compile a profile text with the real parser; None or the parser's complaint."""
+def compile_text(store: Store, text: str, label: str, what: str = "profile") -> str | None:
+    """Compile a profile text with the real parser; None or the parser's complaint (the
+    temporary file named `label` in it; `what` was rejected when it says nothing)."""
+    # under the state directory (the caller holds the lock, which clears leftovers)
     path = store.path(f"var/lib/virt-aa/rule-check.{os.getpid()}.tmp")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_atomic(path, text.encode("utf-8", "surrogateescape"))
@@ -126,7 +128,7 @@ def compile_text(store: Store, text: str, label: str) -> str | None:
         os.unlink(path)
     if res.ok:
         return None
-    return res.message.replace(path, label) or "apparmor_parser rejected the profile"
+    return res.message.replace(path, label) or f"apparmor_parser rejected the {what}"
 
 
 def has_exec(rules: list[str]) -> bool:
