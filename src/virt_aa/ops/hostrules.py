@@ -29,22 +29,19 @@ from virt_aa.host.fsutil import read_text, write_atomic
 from virt_aa.host.store import Store
 from virt_aa.ops.manage import (
     ManageError,
-    _clean,
     _looks_like_id,
     compile_rules,
     invoking_user,
+    new_rules,
     now,
     parse_checked,
 )
 from virt_aa.policy.localrules import (
     PROVENANCE,
-    LocalRule,
     RuleError,
-    grants_restricted,
     parse_file,
     parse_rule,
     render_blocks,
-    rule_id,
 )
 
 PROGRAM_PROFILES = {             # --profile NAME: the names its profile may have
@@ -158,21 +155,7 @@ def allow(store: Store, target: Target, rules: list[str], comment: str = "",
     parsed = parse_checked(rules, force)
     with store:
         text = read_text(target.path) or ""
-        existing, _ = parse_file(text)
-        have = {r.id for r in existing}
-        fresh: list[LocalRule] = []
-        for p in parsed:
-            rid = rule_id(p.text)
-            if rid in have or rid in {f.id for f in fresh}:
-                continue
-            fields = {"id": rid, "added": now(), "by": invoking_user()}
-            if comment:
-                fields["comment"] = _clean(comment)
-            if denial:
-                fields["denial"] = _clean(denial)
-            if force and grants_restricted(p):
-                fields["force"] = "yes"
-            fresh.append(LocalRule(p.text, fields))
+        fresh = new_rules(parsed, text, comment, denial, force)
         if not fresh:
             return {"target": target.label, "file": target.path, "added": [],
                     "status": "already allowed: nothing changed"}

@@ -233,6 +233,29 @@ def parse_checked(rules: list[str], force: bool) -> list[Parsed]:
     return parsed
 
 
+def new_rules(parsed: list[Parsed], text: str, comment: str, denial: str,
+              force: bool) -> list[LocalRule]:
+    """The rules of `parsed` that the rules file `text` does not hold yet (each once), with
+    their provenance: id, when, who, the admin's comment and denial, force."""
+    existing, _ = parse_file(text)
+    have = {r.id for r in existing}
+    fresh: list[LocalRule] = []
+    for p in parsed:
+        rid = rule_id(p.text)
+        if rid in have:
+            continue
+        have.add(rid)
+        fields = {"id": rid, "added": now(), "by": invoking_user()}
+        if comment:
+            fields["comment"] = _clean(comment)
+        if denial:
+            fields["denial"] = _clean(denial)
+        if force and grants_restricted(p):
+            fields["force"] = "yes"
+        fresh.append(LocalRule(p.text, fields))
+    return fresh
+
+
 def allow(store: Store, vm: VM, rules: list[str], comment: str = "", force: bool = False,
           denial: str = "") -> dict[str, Any]:
     """Add per-VM rules (checked, compiled with the whole profile, applied, recorded).
@@ -246,21 +269,7 @@ def allow(store: Store, vm: VM, rules: list[str], comment: str = "", force: bool
     files = files_of(with_vm(vm.host_domains(), vm.dom))   # before the lock: image headers
     with store:
         text = store.read_local(vm.profile) or ""
-        existing, _ = parse_file(text)
-        have = {r.id for r in existing}
-        fresh: list[LocalRule] = []
-        for p in parsed:
-            rid = rule_id(p.text)
-            if rid in have or rid in {rule_id(f.text) for f in fresh}:
-                continue
-            fields = {"id": rid, "added": now(), "by": invoking_user()}
-            if comment:
-                fields["comment"] = _clean(comment)
-            if denial:
-                fields["denial"] = _clean(denial)
-            if force and grants_restricted(p):
-                fields["force"] = "yes"
-            fresh.append(LocalRule(p.text, fields))
+        fresh = new_rules(parsed, text, comment, denial, force)
         if not fresh:
             return {"added": [], "status": "already allowed: nothing changed" +
                     repair(store, vm)}
